@@ -1,0 +1,11 @@
+"""MAC: scalable offline model-based RL with action chunks.
+
+PyTorch owns parameters, autograd and the optimiser; the native core (``mac._C`` for CPUs,
+``mac._C_cuda`` for NVIDIA GPUs) runs the inference-only hot paths (best-of-N, imagined rollouts).
+"""
+
+__version__ = "0.1.0"
+
+from mac._native import info  # noqa: E402
+
+__all__ = ["info", "__version__"]
