@@ -90,3 +90,61 @@ def format_info(d: dict[str, Any], indent: int = 0) -> str:
         else:
             lines.append(" " * indent + f"{k}: {v}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- rollout backends
+# The native entry points are filled in by the CPU core (issue 4) and the CUDA core (issue 5);
+# until a backend exists, "auto" falls back to the PyTorch reference and an explicit request
+# raises a clear error.
+
+def _has(ext, name: str) -> bool:
+    return ext is not None and hasattr(ext, name)
+
+
+def cpu_backend_ready(states) -> bool:
+    import torch
+    return _has(cpu_ext, "best_of_n") and states.dtype == torch.float32
+
+
+def require_cpu_backend(states) -> None:
+    require_cpu_ext()
+    if not _has(cpu_ext, "best_of_n"):
+        raise RuntimeError("this build of mac._C has no native rollout kernels; use backend='torch'")
+    if not cpu_backend_ready(states):
+        raise TypeError(f"backend='cpu' needs float32 tensors, got {states.dtype}")
+
+
+def _core(backend: str):
+    if backend == "cpu":
+        from mac import _cpu_core
+        return _cpu_core
+    from mac import _cuda_core
+    return _cuda_core
+
+
+def best_of_n(backend, states, goals, actor, critic, num_samples, noise, seed):
+    """Validated inputs (see mac.rollout) -> mac.rollout.BestOfN from the native core."""
+    return _core(backend).best_of_n(states, goals, actor, critic, num_samples, noise, seed)
+
+
+def imagine(backend, states, goals, actor, critic, dynamics, reward, success, steps, num_samples,
+            noise, seed):
+    """Validated inputs (see mac.rollout) -> mac.rollout.Rollout from the native core."""
+    return _core(backend).imagine(states, goals, actor, critic, dynamics, reward, success, steps,
+                                  num_samples, noise, seed)
+
+
+def cuda_backend_ready(states) -> bool:
+    import torch
+    return _has(cuda_ext, "best_of_n") and cuda_status()["usable"] and states.dtype == torch.float32
+
+
+def require_cuda_backend(states) -> None:
+    st = cuda_status()
+    if not st["usable"]:
+        raise RuntimeError(f"backend='cuda' is unusable: {st['reason']}")
+    if not _has(cuda_ext, "best_of_n"):
+        raise RuntimeError("this build of mac._C_cuda has no rollout kernels; use backend='torch'")
+    import torch
+    if states.dtype != torch.float32:
+        raise TypeError(f"backend='cuda' needs float32 tensors, got {states.dtype}")

@@ -1,0 +1,236 @@
+"""The fast-path API: best-of-N action selection and batched imagined rollouts.
+
+``backend="torch"`` is the pure-PyTorch reference twin of the native kernels (and the oracle of the
+tests); ``"cpu"`` and ``"cuda"`` are the fused native cores; ``"auto"`` picks the native core for the
+tensors' device when it is available, else the reference.
+
+Noise: give ``noise`` explicitly, or a ``seed`` (the shared Philox stream of :mod:`mac.noise`, the same
+numbers on every backend), or neither (the reference draws from torch's global generator; native
+backends draw a seed from it), so runs are reproducible from torch's RNG state alone.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from mac.nets import MLP
+from mac.noise import check_seed, philox_normal
+
+BACKENDS = ("auto", "torch", "cpu", "cuda")
+
+
+class BestOfN(NamedTuple):
+    chunks: torch.Tensor   # (B, C) the chosen candidate per row, in [-1, 1]
+    scores: torch.Tensor   # (B,) critic value of the chosen candidate
+    indices: torch.Tensor  # (B,) int64 index of the chosen candidate in [0, N)
+
+
+class Rollout(NamedTuple):
+    states: torch.Tensor   # (H+1, B, S) imagined states, states[0] = start states
+    chunks: torch.Tensor   # (H, B, C) chosen chunks
+    rewards: torch.Tensor  # (H, B)
+    masks: torch.Tensor    # (H, B) 0 after success/termination is predicted, else 1
+    q: torch.Tensor        # (H, B) critic value of the chosen chunk
+
+
+# ------------------------------------------------------------------------------------ validation
+
+def _check_net(name: str, net, in_dim: int, out_dim: int, device, dtype) -> None:
+    if not isinstance(net, MLP):
+        raise TypeError(f"{name} must be a mac.nets.MLP, got {type(net).__name__}")
+    if net.in_dim != in_dim or net.out_dim != out_dim:
+        raise ValueError(f"{name} maps {net.in_dim} -> {net.out_dim}, but these inputs need "
+                         f"{in_dim} -> {out_dim}")
+    p = net.layers[0].weight
+    if p.device != device:
+        raise ValueError(f"{name} is on {p.device} but the states are on {device}; move one of them")
+    if p.dtype != dtype:
+        raise TypeError(f"{name} has dtype {p.dtype} but the states are {dtype}")
+
+
+def _check_inputs(states, goals, actor, critic, num_samples):
+    if not isinstance(states, torch.Tensor):
+        raise TypeError(f"states must be a torch.Tensor, got {type(states).__name__}")
+    if states.dim() != 2:
+        raise ValueError(f"states must have shape (B, S), got {tuple(states.shape)}")
+    if not states.is_floating_point():
+        raise TypeError(f"states must be floating point, got {states.dtype}")
+    B, S = states.shape
+    if B < 1 or S < 1:
+        raise ValueError(f"states must be non-empty, got shape {tuple(states.shape)}")
+    G = 0
+    if goals is not None:
+        if not isinstance(goals, torch.Tensor):
+            raise TypeError(f"goals must be a torch.Tensor or None, got {type(goals).__name__}")
+        if goals.dim() != 2 or goals.shape[0] != B:
+            raise ValueError(f"goals must have shape (B={B}, G), got {tuple(goals.shape)}")
+        if goals.device != states.device or goals.dtype != states.dtype:
+            raise ValueError(f"goals ({goals.dtype}, {goals.device}) must match states "
+                             f"({states.dtype}, {states.device})")
+        G = goals.shape[1]
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    if not isinstance(actor, MLP):
+        raise TypeError(f"actor must be a mac.nets.MLP, got {type(actor).__name__}")
+    C = actor.out_dim
+    _check_net("actor", actor, S + G + C, C, states.device, states.dtype)
+    _check_net("critic", critic, S + G + C, 1, states.device, states.dtype)
+    return B, S, G, C
+
+
+def _check_noise(noise, shape, states):
+    if noise is None:
+        return
+    if not isinstance(noise, torch.Tensor):
+        raise TypeError(f"noise must be a torch.Tensor, got {type(noise).__name__}")
+    if tuple(noise.shape) != tuple(shape):
+        raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
+    if noise.device != states.device or noise.dtype != states.dtype:
+        raise ValueError(f"noise ({noise.dtype}, {noise.device}) must match states "
+                         f"({states.dtype}, {states.device})")
+
+
+def _resolve_backend(backend: str, states: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    from mac import _native
+    if backend == "auto":
+        if states.device.type == "cpu" and _native.cpu_backend_ready(states):
+            return "cpu"
+        if states.device.type == "cuda" and _native.cuda_backend_ready(states):
+            return "cuda"
+        return "torch"
+    if backend == "cpu":
+        if states.device.type != "cpu":
+            raise ValueError(f"backend='cpu' needs CPU tensors, got {states.device}")
+        _native.require_cpu_backend(states)
+    if backend == "cuda":
+        if states.device.type != "cuda":
+            raise ValueError(f"backend='cuda' needs CUDA tensors, got {states.device}")
+        _native.require_cuda_backend(states)
+    return backend
+
+
+def _noise_or_seed(noise, seed, shape, states):
+    """Returns (noise, seed) with exactly one usable for the reference backend."""
+    if noise is not None and seed is not None:
+        raise ValueError("give either noise or seed, not both")
+    if seed is not None:
+        seed = check_seed(seed)
+    _check_noise(noise, shape, states)
+    return noise, seed
+
+
+def draw_seed(generator: torch.Generator | None = None) -> int:
+    """A 63-bit seed from torch's (global or given) CPU generator."""
+    return int(torch.randint(0, 2 ** 63 - 1, (), generator=generator, dtype=torch.int64))
+
+
+# ------------------------------------------------------------------------------------ reference
+
+def _concat(*parts):
+    return torch.cat([p for p in parts if p is not None], dim=-1)
+
+
+def best_of_n_reference(states, goals, actor, critic, noise) -> BestOfN:
+    """Pure PyTorch best-of-N. ``noise``: (N, B, C)."""
+    N, B, _ = noise.shape
+    s = states.unsqueeze(0).expand(N, -1, -1)
+    g = goals.unsqueeze(0).expand(N, -1, -1) if goals is not None else None
+    candidates = actor(_concat(s, g, noise)).clamp(-1.0, 1.0)          # (N, B, C)
+    q = critic(_concat(s, g, candidates)).squeeze(-1)                     # (N, B)
+    # NaN never wins; torch.argmax returns the first maximal index, so ties go to the lowest.
+    ranked = torch.where(torch.isnan(q), torch.full_like(q, float("-inf")), q)
+    indices = ranked.argmax(dim=0)                                        # (B,)
+    rows = torch.arange(B, device=states.device)
+    return BestOfN(candidates[indices, rows], q[indices, rows], indices)
+
+
+def reward_and_mask(states, goals, chunks, reward, success):
+    """The MAC reward/mask rule for one imagined step. Returns (rewards (B,), masks (B,))."""
+    if success is not None:
+        # sigmoid(logit) > 0.5  <=>  logit > 0 (and NaN is not a success), written so every backend agrees.
+        succeeded = (success(_concat(states, goals, chunks)).squeeze(-1) > 0).to(states.dtype)
+    else:
+        succeeded = torch.zeros(states.shape[0], dtype=states.dtype, device=states.device)
+    if reward is None:  # goal-conditioned: r = success - 1
+        return succeeded - 1.0, 1.0 - succeeded
+    return reward(_concat(states, goals, chunks)).squeeze(-1), 1.0 - succeeded
+
+
+def imagine_reference(states, goals, actor, critic, dynamics, reward, success, noise) -> Rollout:
+    """Pure PyTorch imagined rollout. ``noise``: (H, N, B, C)."""
+    H = noise.shape[0]
+    s = states
+    all_states, chunks, rewards, masks, qs = [s], [], [], [], []
+    for k in range(H):
+        choice = best_of_n_reference(s, goals, actor, critic, noise[k])
+        r, m = reward_and_mask(s, goals, choice.chunks, reward, success)
+        s = s + dynamics(_concat(s, choice.chunks))
+        all_states.append(s)
+        chunks.append(choice.chunks)
+        rewards.append(r)
+        masks.append(m)
+        qs.append(choice.scores)
+    return Rollout(torch.stack(all_states), torch.stack(chunks), torch.stack(rewards),
+                   torch.stack(masks), torch.stack(qs))
+
+
+# ------------------------------------------------------------------------------------ public API
+
+@torch.no_grad()
+def best_of_n(states, goals=None, *, actor, critic, num_samples, noise=None, seed=None,
+              backend="auto") -> BestOfN:
+    """Pick, per row, the actor candidate with the highest critic value.
+
+    states (B, S), goals (B, G) or None; candidates c_i = clip(actor([s, g, z_i]), -1, 1) with
+    z_i ~ N(0, I) given as ``noise`` (N, B, C) or drawn from ``seed``; returns the argmax of
+    critic([s, g, c_i]) over i (ties to the lowest index, NaN never wins).
+    """
+    B, S, G, C = _check_inputs(states, goals, actor, critic, num_samples)
+    shape = (num_samples, B, C)
+    noise, seed = _noise_or_seed(noise, seed, shape, states)
+    backend = _resolve_backend(backend, states)
+    if backend == "torch":
+        if noise is None:
+            noise = (philox_normal(seed, shape, device=states.device, dtype=states.dtype)
+                     if seed is not None else torch.randn(shape, device=states.device, dtype=states.dtype))
+        return best_of_n_reference(states, goals, actor, critic, noise)
+    from mac import _native
+    if noise is None and seed is None:
+        seed = draw_seed()
+    return _native.best_of_n(backend, states, goals, actor, critic, num_samples, noise, seed)
+
+
+@torch.no_grad()
+def imagine(states, goals=None, *, actor, critic, dynamics, reward=None, success=None, steps,
+            num_samples, noise=None, seed=None, backend="auto") -> Rollout:
+    """Imagined rollout of ``steps`` chunk-model calls with best-of-N action selection.
+
+    Per step k: a_k = best_of_n(s_k); r_k, m_k from the reward/success nets (goal tasks, i.e.
+    ``reward=None``: r = success - 1, m = 1 - success; reward tasks: r = reward, m = 1 - success, or 1
+    without a success net); s_{k+1} = s_k + dynamics([s_k, a_k]). ``noise``: (steps, N, B, C).
+    """
+    B, S, G, C = _check_inputs(states, goals, actor, critic, num_samples)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    _check_net("dynamics", dynamics, S + C, S, states.device, states.dtype)
+    if reward is not None:
+        _check_net("reward", reward, S + G + C, 1, states.device, states.dtype)
+    if success is not None:
+        _check_net("success", success, S + G + C, 1, states.device, states.dtype)
+    shape = (steps, num_samples, B, C)
+    noise, seed = _noise_or_seed(noise, seed, shape, states)
+    backend = _resolve_backend(backend, states)
+    if backend == "torch":
+        if noise is None:
+            noise = (philox_normal(seed, shape, device=states.device, dtype=states.dtype)
+                     if seed is not None else torch.randn(shape, device=states.device, dtype=states.dtype))
+        return imagine_reference(states, goals, actor, critic, dynamics, reward, success, noise)
+    from mac import _native
+    if noise is None and seed is None:
+        seed = draw_seed()
+    return _native.imagine(backend, states, goals, actor, critic, dynamics, reward, success,
+                           steps, num_samples, noise, seed)
