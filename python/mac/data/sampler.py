@@ -1,0 +1,147 @@
+"""Chunk sampling for MAC (MAC.md, "One gradient step" and "Data").
+
+A sample is a chunk starting at row t of some episode: s_t, a_{t:t+h} (flattened time-major),
+s_{t+h}, and labels. A chunk never crosses an episode end: t + h <= the episode's last row.
+Sampling is uniform over all valid chunk starts of all episodes (across shards too), in O(log E)
+per sample and without materialising the list of valid starts (100M rows would cost 800 MB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mac.data.dataset import Normalizer, OfflineData
+from mac.data.files import DatasetError
+
+
+@dataclass(frozen=True)
+class GoalMixture:
+    """Probabilities of the goal kinds (MAC.md defaults)."""
+
+    value_current: float = 0.2
+    value_future: float = 0.5
+    value_random: float = 0.3
+    actor_future: float = 0.5   # geometric offset with p = 1 - discount
+    actor_random: float = 0.5
+
+    def __post_init__(self):
+        for name, probs in (("value", (self.value_current, self.value_future, self.value_random)),
+                            ("actor", (self.actor_future, self.actor_random))):
+            if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+                raise ValueError(f"{name} goal probabilities must be >= 0 and sum to 1, got {probs}")
+
+
+class ChunkSampler:
+    """Draws training batches of action chunks from ``data``.
+
+    ``sample(B)`` returns float32 arrays: observations (B, S), actions (B, h*A),
+    next_observations (B, S) = s_{t+h}, rewards (B,), masks (B,), and for goal tasks value_goals and
+    actor_goals (B, G); plus ``idxs`` (B,) int64, the chunk starts. Observations and goals are
+    normalised with the given normalisers.
+
+    Reward tasks: reward = sum_{i<h} discount^i r_{t+i}; mask = 0 if any of rows t..t+h-1 has mask 0
+    (the task is solved inside the chunk). Goal tasks: success = goal row in [t, t+h);
+    reward = success - 1, mask = 1 - success.
+    """
+
+    def __init__(self, data: OfflineData, chunk_len: int, discount: float, *,
+                 obs_normalizer: Normalizer | None = None, goal_normalizer: Normalizer | None = None,
+                 goal_conditioned: bool = False, goal_mixture: GoalMixture = GoalMixture(),
+                 seed: int = 0):
+        if isinstance(chunk_len, bool) or not isinstance(chunk_len, (int, np.integer)) or chunk_len < 1:
+            raise ValueError(f"chunk_len must be a positive int, got {chunk_len!r}")
+        if not 0.0 < discount <= 1.0:
+            raise ValueError(f"discount must be in (0, 1], got {discount}")
+        if goal_conditioned and data.goal_reps is None:
+            raise ValueError("goal_conditioned sampling needs data.goal_reps")
+        if not goal_conditioned and data.rewards is None:
+            raise ValueError("reward-task sampling needs data.rewards and data.masks")
+        self.data = data
+        self.h = int(chunk_len)
+        self.discount = float(discount)
+        self.obs_normalizer = obs_normalizer
+        self.goal_normalizer = goal_normalizer
+        self.goal_conditioned = goal_conditioned
+        self.mix = goal_mixture
+        lengths = data.episode_ends - data.episode_starts  # transitions per episode
+        self.valid_per_episode = np.maximum(lengths - self.h + 1, 0)
+        self.valid_cum = np.cumsum(self.valid_per_episode)
+        self.num_valid = int(self.valid_cum[-1]) if len(self.valid_cum) else 0
+        if self.num_valid == 0:
+            raise DatasetError(f"chunk length h={self.h} is longer than every trajectory: the longest "
+                               f"episode has {int(lengths.max()) if len(lengths) else 0} transitions; "
+                               "use a shorter --agent.chunk_len or a dataset with longer episodes")
+        self.reward_weights = (self.discount ** np.arange(self.h)).astype(np.float32)
+        self.rng = np.random.default_rng(seed)
+
+    # -- state for exact resume
+    def state_dict(self) -> dict:
+        return {"bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["bit_generator"]
+
+    def _episode_of(self, u: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.valid_cum, u, side="right")
+
+    def sample_starts(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Uniform valid chunk starts (B,) and their episodes (B,)."""
+        u = self.rng.integers(0, self.num_valid, size=batch_size)
+        ep = self._episode_of(u)
+        first_of_ep = self.valid_cum[ep] - self.valid_per_episode[ep]
+        return self.data.episode_starts[ep] + (u - first_of_ep), ep
+
+    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        d, h = self.data, self.h
+        t, ep = self.sample_starts(batch_size)
+        window = t[:, None] + np.arange(h)                               # (B, h)
+        obs, next_obs = d.observations[t], d.observations[t + h]
+        if self.obs_normalizer is not None:
+            obs, next_obs = self.obs_normalizer(obs), self.obs_normalizer(next_obs)
+        batch = {
+            "idxs": t,
+            "observations": np.asarray(obs, np.float32),
+            "actions": np.asarray(d.actions[window.ravel()], np.float32).reshape(batch_size, -1),
+            "next_observations": np.asarray(next_obs, np.float32),
+        }
+        if self.goal_conditioned:
+            end = d.episode_ends[ep]
+            value_idx = self._value_goal_idxs(t, end)
+            succeeded = (value_idx >= t) & (value_idx < t + h)
+            batch["rewards"] = succeeded.astype(np.float32) - 1.0
+            batch["masks"] = 1.0 - succeeded.astype(np.float32)
+            batch["value_goals"] = self._goals(value_idx)
+            batch["actor_goals"] = self._goals(self._actor_goal_idxs(t, end))
+            batch["value_goal_idxs"] = value_idx
+        else:
+            batch["rewards"] = d.rewards[window] @ self.reward_weights
+            batch["masks"] = d.masks[window].min(axis=1).astype(np.float32)
+        return batch
+
+    def _goals(self, idx: np.ndarray) -> np.ndarray:
+        g = self.data.goal_reps[idx]
+        if self.goal_normalizer is not None:
+            g = self.goal_normalizer(g)
+        return np.asarray(g, np.float32)
+
+    def _value_goal_idxs(self, t, end):
+        """current (t) / uniform future in [t+1, end] / uniform random row, per GoalMixture."""
+        B, m = len(t), self.mix
+        r = self.rng.random(B)
+        frac = self.rng.random(B)
+        future = np.round(np.minimum(t + 1, end) * frac + end * (1 - frac)).astype(np.int64)
+        random_row = self.rng.integers(0, len(self.data), size=B)
+        return np.where(r < m.value_current, t,
+                        np.where(r < m.value_current + m.value_future, future, random_row))
+
+    def _actor_goal_idxs(self, t, end):
+        """geometric future offset (p = 1 - discount), capped at the episode end / random row."""
+        B = len(t)
+        p = max(1.0 - self.discount, 1e-6)
+        future = np.minimum(t + self.rng.geometric(p, size=B), end)
+        random_row = self.rng.integers(0, len(self.data), size=B)
+        return np.where(self.rng.random(B) < self.mix.actor_future, future, random_row)
