@@ -1,0 +1,240 @@
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from conftest import make_episodes
+from mac.data import (ChunkSampler, DatasetError, GoalMixture, Normalizer, OfflineData,
+                      find_dataset_files, load_offline_data, parse_env_name, read_npz)
+from mac.data.files import load_shards
+
+
+# ------------------------------------------------------------------------------------ names
+
+def test_parse_env_names():
+    s = parse_env_name("cube-single-play-singletask-task2-v0")
+    assert (s.env_id, s.dataset_name, s.kind, s.task_id) == (
+        "cube-single-singletask-task2-v0", "cube-single-play-v0", "singletask", 2)
+    s = parse_env_name("puzzle-3x3-play-oraclerep-v0")
+    assert (s.env_id, s.dataset_name, s.kind) == ("puzzle-3x3-v0", "puzzle-3x3-play-v0", "oraclerep")
+    s = parse_env_name("cube-single-play-v0")
+    assert (s.env_id, s.kind, s.goal_conditioned) == ("cube-single-v0", "goal", True)
+    with pytest.raises(ValueError, match="not an OGBench dataset name"):
+        parse_env_name("cube")
+
+
+# ------------------------------------------------------------------------------------ files
+
+def _save(path, arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_missing_files_name_paths_and_generate_command(tmp_path):
+    with pytest.raises(DatasetError) as e:
+        find_dataset_files("cube-single-play-v0", tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path / "cube-single-play-v0.npz") in msg
+    assert "mac data generate --env_name cube-single-play-v0" in msg
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda a: a.pop("actions"), "missing key"),
+    (lambda a: a.__setitem__("actions", a["actions"].astype(np.int32)), "dtype int32"),
+    (lambda a: a.__setitem__("actions", a["actions"][:-1]), "mismatched lengths"),
+    (lambda a: a["observations"].__setitem__((3, 1), np.nan), "NaN/inf .*row 3"),
+    (lambda a: a.__setitem__("terminals", a["terminals"][:-1]), "mismatched lengths"),
+    (lambda a: a.__setitem__("observations", a["observations"][:, 0]), "must be 2-D"),
+])
+def test_bad_arrays_get_clear_errors(tmp_path, mutate, match):
+    arrays = make_episodes([5, 6])
+    mutate(arrays)
+    p = _save(tmp_path / "x.npz", arrays)
+    with pytest.raises(DatasetError, match=match) as e:
+        read_npz(p)
+    assert str(p) in str(e.value)
+
+
+def test_truncated_file(tmp_path):
+    p = tmp_path / "x.npz"
+    np.savez_compressed(p, **make_episodes([50, 60]))
+    raw = p.read_bytes()
+    p.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DatasetError, match="truncated or corrupt"):
+        read_npz(p)
+    p.write_bytes(b"not a zip at all")
+    with pytest.raises(DatasetError, match=str(p)):
+        read_npz(p)
+
+
+def test_last_row_must_be_terminal(tmp_path):
+    arrays = make_episodes([5, 6])
+    arrays["terminals"][-1] = False
+    with pytest.raises(DatasetError, match="not terminal"):
+        read_npz(_save(tmp_path / "x.npz", arrays))
+
+
+def test_shards_are_cached_and_equal_to_concatenation(tmp_path):
+    parts = [make_episodes([4, 5], seed=i) for i in range(3)]
+    d = tmp_path / "cube-single-play-v0"
+    d.mkdir()
+    for i, p in enumerate(parts):
+        _save(d / f"shard-{i:03d}.npz", p)
+    _save(d / "cube-single-play-v0-val.npz", parts[0])
+    files = find_dataset_files("cube-single-play-v0", tmp_path)
+    assert len(files.train) == 3
+    arrays = load_shards(files.train, progress=False)
+    for k in ("observations", "actions", "terminals"):
+        np.testing.assert_array_equal(np.asarray(arrays[k]), np.concatenate([p[k] for p in parts]))
+    assert isinstance(arrays["observations"], np.memmap)
+    manifest = (d / ".mac_cache" / "manifest.json").read_text()
+    again = load_shards(files.train, progress=False)  # reused, not rebuilt
+    assert (d / ".mac_cache" / "manifest.json").read_text() == manifest
+    np.testing.assert_array_equal(again["actions"], arrays["actions"])
+    # a changed shard invalidates the cache
+    _save(d / "shard-001.npz", make_episodes([7], seed=9))
+    assert len(load_shards(files.train, progress=False)["terminals"]) == 4 + 5 + 7 + 4 + 5
+    assert json.loads((d / ".mac_cache" / "manifest.json").read_text())["source"] != json.loads(manifest)["source"]
+
+
+# ------------------------------------------------------------------------------------ sampler
+
+def _reward_data(lengths, seed=0):
+    a = make_episodes(lengths, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    rewards = -rng.integers(0, 3, size=len(a["terminals"])).astype(np.float32)
+    return OfflineData(a["observations"], a["actions"], a["terminals"],
+                       rewards=rewards, masks=(rewards < 0).astype(np.float32))
+
+
+episode_lengths = st.lists(st.integers(1, 30), min_size=1, max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=episode_lengths, h=st.integers(1, 12), seed=st.integers(0, 2 ** 16))
+def test_chunks_never_cross_episode_ends(lengths, h, seed):
+    data = _reward_data(lengths, seed)
+    if max(lengths) - 1 < h:
+        with pytest.raises(DatasetError, match="longer than every trajectory"):
+            ChunkSampler(data, h, 0.99, seed=seed)
+        return
+    s = ChunkSampler(data, h, 0.99, seed=seed)
+    b = s.sample(64)
+    t = b["idxs"]
+    ep = np.searchsorted(data.episode_ends, t)          # episode containing row t
+    assert np.all(t + h <= data.episode_ends[ep])       # s_{t+h} is in the same episode
+    assert np.all(t >= data.episode_starts[ep])
+    np.testing.assert_array_equal(b["observations"][:, 0], t)                 # row ids
+    np.testing.assert_array_equal(b["next_observations"][:, 0], t + h)        # true state h later
+    expected_actions = np.stack([data.actions[t + i] for i in range(h)], axis=1).reshape(64, -1)
+    np.testing.assert_array_equal(b["actions"], expected_actions)             # time-major flattening
+    w = 0.99 ** np.arange(h)
+    exp_r = np.array([np.dot(data.rewards[i:i + h], w) for i in t])
+    np.testing.assert_allclose(b["rewards"], exp_r, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(b["masks"], [data.masks[i:i + h].min() for i in t])
+
+
+@settings(max_examples=25, deadline=None)
+@given(lengths=st.lists(st.integers(2, 15), min_size=1, max_size=6), h=st.integers(1, 5))
+def test_every_valid_start_is_reachable_uniformly(lengths, h):
+    data = _reward_data(lengths)
+    valid = [t for s, e in zip(data.episode_starts, data.episode_ends) for t in range(s, e - h + 1)]
+    if not valid:
+        return
+    s = ChunkSampler(data, h, 0.9, seed=1)
+    counts = np.bincount(s.sample(4000 * len(valid) // 10 + 400)["idxs"], minlength=len(data.terminals))
+    assert set(np.flatnonzero(counts)) == set(valid)
+
+
+def test_goal_mixture_proportions_and_success_labels():
+    a = make_episodes([200] * 20, goal_dim=None)
+    data = OfflineData(a["observations"], a["actions"], a["terminals"], goal_reps=a["observations"])
+    h, n = 5, 40000
+    s = ChunkSampler(data, h, 0.99, goal_conditioned=True, seed=3)
+    b = s.sample(n)
+    t, gi = b["idxs"], b["value_goal_idxs"]
+    ep = np.searchsorted(data.episode_ends, t)
+    current = gi == t
+    future = (gi > t) & (gi <= data.episode_ends[ep])
+    # binomial standard error with n=40000 is < 0.0025; 0.015 is > 6 sigma
+    assert abs(current.mean() - 0.2) < 0.015
+    assert abs(future.mean() - (0.5 + 0.3 * 200 / 4000 * 0.5)) < 0.015
+    np.testing.assert_array_equal(b["value_goals"][:, 0], gi)  # goal = the goal row's representation
+    succ = (gi >= t) & (gi < t + h)
+    np.testing.assert_array_equal(b["masks"], 1 - succ)
+    np.testing.assert_array_equal(b["rewards"], succ - 1.0)
+    ag = b["actor_goals"][:, 0].astype(np.int64)
+    in_future = (ag > t) & (ag <= data.episode_ends[ep])
+    assert abs(in_future.mean() - (0.5 + 0.5 * 0.05 * 0.5)) < 0.02
+
+
+def test_goal_mixture_validates():
+    with pytest.raises(ValueError, match="sum to 1"):
+        GoalMixture(value_current=0.5)
+
+
+def test_sampler_resume_state_reproduces_stream():
+    data = _reward_data([20, 30, 25])
+    s = ChunkSampler(data, 4, 0.9, seed=7)
+    s.sample(10)
+    state = json.loads(json.dumps(s.state_dict()))  # JSON-serialisable
+    want = s.sample(10)
+    s2 = ChunkSampler(data, 4, 0.9, seed=123)
+    s2.load_state_dict(state)
+    got = s2.sample(10)
+    for k in want:
+        np.testing.assert_array_equal(want[k], got[k])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 6), st.integers(2, 40), st.integers(0, 999))
+def test_normalizer_round_trip_and_range(dim, n, seed):
+    x = np.random.default_rng(seed).normal(scale=10, size=(n, dim)).astype(np.float32)
+    norm = Normalizer.fit(x)
+    y = norm(x)
+    assert np.all(np.abs(y) <= 1.0 + 1e-5)
+    np.testing.assert_allclose(norm.inverse(y), x, rtol=1e-5, atol=1e-4)
+    again = Normalizer.from_state_dict(json.loads(json.dumps(norm.state_dict())))
+    np.testing.assert_array_equal(again(x), y)
+
+
+# ------------------------------------------------------------------------------------ real OGBench data
+
+def test_rewards_equal_ogbench_relabelling(tiny_cube_dir):
+    import ogbench
+
+    spec = parse_env_name("cube-single-play-singletask-task2-v0")
+    env = ogbench.make_env_and_datasets(spec.name, env_only=True)
+    train, val = load_offline_data(spec, tiny_cube_dir, env, progress=False)
+    _, ref_train, _ = ogbench.make_env_and_datasets(
+        spec.name, dataset_path=str(tiny_cube_dir / "cube-single-play-v0.npz"))
+    keep = ~train.terminals  # ogbench's non-compact loader drops each episode's last row
+    np.testing.assert_array_equal(train.rewards[keep], ref_train["rewards"])
+    np.testing.assert_array_equal(train.masks[keep], ref_train["masks"])
+    np.testing.assert_array_equal(train.observations[keep], ref_train["observations"])
+    assert train.obs_dim == 28 and train.action_dim == 5
+
+
+def test_oracle_goal_reps_equal_ogbench(tiny_cube_dir):
+    import ogbench
+
+    spec = parse_env_name("cube-single-play-oraclerep-v0")
+    env = ogbench.make_env_and_datasets(spec.name, env_only=True)
+    train, _ = load_offline_data(spec, tiny_cube_dir, env, progress=False)
+    _, ref, _ = ogbench.make_env_and_datasets(
+        spec.name, dataset_path=str(tiny_cube_dir / "cube-single-play-v0.npz"))
+    np.testing.assert_allclose(train.goal_reps[~train.terminals], ref["oracle_reps"])
+    assert train.goal_dim == 3
+
+
+def test_dataset_of_another_env_is_rejected(tiny_cube_dir, tmp_path):
+    import ogbench
+
+    spec = parse_env_name("puzzle-3x3-play-singletask-task1-v0")
+    os.symlink(tiny_cube_dir / "cube-single-play-v0.npz", tmp_path / "puzzle-3x3-play-v0.npz")
+    os.symlink(tiny_cube_dir / "cube-single-play-v0-val.npz", tmp_path / "puzzle-3x3-play-v0-val.npz")
+    env = ogbench.make_env_and_datasets(spec.name, env_only=True)
+    with pytest.raises(DatasetError, match="belongs to another environment"):
+        load_offline_data(spec, tmp_path, env, progress=False)
