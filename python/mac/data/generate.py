@@ -41,10 +41,12 @@ import contextlib
 import multiprocessing as mp
 import os
 import re
+import secrets
 import signal
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -333,7 +335,8 @@ def _get_env(spec: DatasetSpec, max_episode_steps: int):
 def _close_cached_envs() -> None:
     while _ENV_CACHE:
         _, env = _ENV_CACHE.popitem()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. GLFW complaining about a missing display
             env.close()
 
 
@@ -586,12 +589,17 @@ def generate_episode(
 def _episode_task(task: tuple[DatasetSpec, int, int, int, int]) -> dict[str, np.ndarray]:
     spec, seed, split, index, steps = task
     env = _get_env(spec, steps)
-    if spec.family == "pointmaze":
-        return _maze_episode(env, spec, _episode_seeds(seed, split, index, 0))
-    for attempt in range(_MAX_SCENE_ATTEMPTS):
-        arrays, qpos = _manip_episode(env, spec, _episode_seeds(seed, split, index, attempt))
-        if spec.family != "scene" or _scene_is_healthy(qpos):
-            return arrays
+    # Episodes reseed numpy's global RNG (the oracles use it); leave the caller's state as it was.
+    saved_state = np.random.get_state()
+    try:
+        if spec.family == "pointmaze":
+            return _maze_episode(env, spec, _episode_seeds(seed, split, index, 0))
+        for attempt in range(_MAX_SCENE_ATTEMPTS):
+            arrays, qpos = _manip_episode(env, spec, _episode_seeds(seed, split, index, attempt))
+            if spec.family != "scene" or _scene_is_healthy(qpos):
+                return arrays
+    finally:
+        np.random.set_state(saved_state)
     raise RuntimeError(
         f"{spec.dataset_name}: episode {index} failed the scene health check {_MAX_SCENE_ATTEMPTS} times"
     )
@@ -643,7 +651,16 @@ def _check_save_dir(save_dir: str | os.PathLike) -> Path:
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     """Write ``arrays`` with np.savez_compressed to a temp file next to ``path``; return the temp path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Like tempfile.mkstemp, but with the usual umask-governed permissions of a new file.
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover
+        raise FileExistsError(f"could not create a temporary file next to {path}")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, **arrays)
@@ -653,11 +670,15 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return Path(tmp)
+    return tmp
 
 
 def _concat(episodes: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([ep[k] for ep in episodes], axis=0) for k in episodes[0]}
+    """Concatenate episodes key by key, releasing each key's per-episode arrays as it goes."""
+    out = {}
+    for k in list(episodes[0]):
+        out[k] = np.concatenate([ep.pop(k) for ep in episodes], axis=0)
+    return out
 
 
 def _validate_int(name: str, value: Any, minimum: int) -> int:

@@ -1,0 +1,152 @@
+"""The MAC agent: eight networks, their losses, one optimiser step, and acting (MAC.md)."""
+
+from __future__ import annotations
+
+import copy
+import torch
+from torch.nn import functional as F
+
+from mac import rollout as rollout_api
+from mac.config import AgentConfig
+from mac.nets import MLP
+
+
+def discounted_returns(rewards: torch.Tensor, masks: torch.Tensor, bootstrap: torch.Tensor,
+                       chunk_discount: float) -> torch.Tensor:
+    """G_H = bootstrap; G_k = r_k + gamma_chunk * m_k * G_{k+1}. rewards, masks (H, B) -> (H, B)."""
+    out = torch.empty_like(rewards)
+    g = bootstrap
+    for k in range(rewards.shape[0] - 1, -1, -1):
+        g = rewards[k] + chunk_discount * masks[k] * g
+        out[k] = g
+    return out
+
+
+def euler_flow(flow: MLP, context: torch.Tensor, z: torch.Tensor, steps: int) -> torch.Tensor:
+    """x_0 = z; x_{i+1} = x_i + v([context, x_i, i/K]) / K. context (B, S+G), z (B, C)."""
+    x = z
+    for i in range(steps):
+        u = torch.full((z.shape[0], 1), i / steps, dtype=z.dtype, device=z.device)
+        x = x + flow(torch.cat([context, x, u], dim=-1)) / steps
+    return x
+
+
+class MACAgent(torch.nn.Module):
+    """All networks of MAC. ``goal_dim = 0`` for reward tasks (no goal inputs, a reward net)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, goal_dim: int, config: AgentConfig):
+        super().__init__()
+        self.config = config.validate()
+        self.obs_dim, self.action_dim, self.goal_dim = obs_dim, action_dim, goal_dim
+        self.chunk_dim = C = config.chunk_len * action_dim
+        S, G, hd = obs_dim, goal_dim, config.hidden_dims
+        self.goal_conditioned = goal_dim > 0
+        self.dynamics = MLP(S + C, S, hd)
+        self.reward = None if self.goal_conditioned else MLP(S + C, 1, hd)
+        self.success = MLP(S + G + C, 1, hd)
+        self.flow_actor = MLP(S + G + C + 1, C, hd)
+        self.actor = MLP(S + G + C, C, hd)
+        self.value = MLP(S + G, 1, hd)
+        self.critic = MLP(S + G + C, 1, hd)
+        self.target_value = copy.deepcopy(self.value).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=config.lr)
+
+    def trainable_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.startswith("target_value.")]
+
+    @property
+    def chunk_discount(self) -> float:
+        return self.config.discount ** self.config.chunk_len
+
+    # ------------------------------------------------------------------ pieces of the loss
+    @staticmethod
+    def _cat(*xs):
+        return torch.cat([x for x in xs if x is not None], dim=-1)
+
+    def model_losses(self, batch) -> dict[str, torch.Tensor]:
+        s, a, s_next = batch["observations"], batch["actions"], batch["next_observations"]
+        g = batch.get("value_goals")
+        out = {"dynamics": F.mse_loss(s + self.dynamics(self._cat(s, a)), s_next)}
+        if self.reward is not None:
+            out["reward"] = F.mse_loss(self.reward(self._cat(s, a)).squeeze(-1), batch["rewards"])
+        out["success"] = F.binary_cross_entropy_with_logits(
+            self.success(self._cat(s, g, a)).squeeze(-1), 1.0 - batch["masks"])
+        return out
+
+    def actor_losses(self, batch) -> dict[str, torch.Tensor]:
+        s, a = batch["observations"], batch["actions"]
+        g = batch.get("actor_goals")
+        B = s.shape[0]
+        context = self._cat(s, g)
+        z = torch.randn(B, self.chunk_dim, dtype=s.dtype, device=s.device)
+        u = torch.rand(B, 1, dtype=s.dtype, device=s.device)
+        x_u = (1 - u) * z + u * a
+        flow = F.mse_loss(self.flow_actor(self._cat(context, x_u, u)), a - z)
+        z2 = torch.randn(B, self.chunk_dim, dtype=s.dtype, device=s.device)
+        with torch.no_grad():  # the teacher is a fixed target for the one-step actor
+            teacher = euler_flow(self.flow_actor, context, z2, self.config.flow_steps).clamp(-1, 1)
+        distill = F.mse_loss(self.actor(self._cat(context, z2)), teacher)
+        return {"flow": flow, "distill": distill}
+
+    def imagine(self, states, goals, num_samples=None, backend=None):
+        """Imagined rollout with the current networks (no gradient)."""
+        cfg = self.config
+        return rollout_api.imagine(
+            states, goals, actor=self.actor, critic=self.critic, dynamics=self.dynamics,
+            reward=self.reward, success=self.success, steps=cfg.rollout_steps,
+            num_samples=num_samples or cfg.num_samples_train,
+            backend=backend or cfg.rollout_backend)
+
+    def value_losses(self, batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        Br = self.config.rollout_batch
+        s0 = batch["observations"][:Br]
+        g = batch.get("value_goals")
+        g = g[:Br] if g is not None else None
+        ro = self.imagine(s0, g)                                            # no gradient inside
+        H = self.config.rollout_steps
+        with torch.no_grad():
+            bootstrap = self.target_value(self._cat(ro.states[H], g)).squeeze(-1)
+            returns = discounted_returns(ro.rewards, ro.masks, bootstrap, self.chunk_discount)
+            v_next = self.value(self._cat(ro.states[1], g)).squeeze(-1)
+            q_target = ro.rewards[0] + self.chunk_discount * ro.masks[0] * v_next
+        gs = g.unsqueeze(0).expand(H, -1, -1) if g is not None else None
+        v = self.value(self._cat(ro.states[:H], gs)).squeeze(-1)           # (H, Br)
+        q = self.critic(self._cat(s0, g, ro.chunks[0])).squeeze(-1)
+        losses = {"value": F.mse_loss(v, returns), "critic": F.mse_loss(q, q_target)}
+        stats = {"imagined_return": float(returns[0].mean()), "imagined_reward": float(ro.rewards.mean()),
+                 "imagined_mask": float(ro.masks.mean()), "q_chosen": float(ro.q[0].mean())}
+        return losses, stats
+
+    # ------------------------------------------------------------------ one step
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One gradient step on all networks; returns the losses and rollout statistics."""
+        losses = self.model_losses(batch)
+        losses.update(self.actor_losses(batch))
+        value_losses, stats = self.value_losses(batch)
+        losses.update(value_losses)
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.polyak_update()
+        out = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
+        out["loss/total"] = float(total.detach())
+        out.update({f"rollout/{k}": v for k, v in stats.items()})
+        return out
+
+    @torch.no_grad()
+    def polyak_update(self) -> None:
+        tau = self.config.tau
+        for p, tp in zip(self.value.parameters(), self.target_value.parameters()):
+            tp.lerp_(p, tau)
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def act(self, observations: torch.Tensor, goals: torch.Tensor | None = None,
+            num_samples: int | None = None, backend: str | None = None) -> torch.Tensor:
+        """Best-of-N chunk for normalised observations (B, S) -> actions (B, h, A) in [-1, 1]."""
+        res = rollout_api.best_of_n(observations, goals if self.goal_conditioned else None,
+                                    actor=self.actor, critic=self.critic,
+                                    num_samples=num_samples or self.config.num_samples_test,
+                                    backend=backend or self.config.rollout_backend)
+        return res.chunks.view(-1, self.config.chunk_len, self.action_dim)

@@ -1,0 +1,163 @@
+"""Evaluation on OGBench environments: best-of-N_test chunks, first k actions executed open loop.
+
+Reward tasks (``*-singletask-*``): ``num_episodes`` episodes of the env's task. Goal tasks
+(``*-oraclerep-*`` and plain goal envs): ``num_episodes`` episodes for each of the 5 evaluation
+tasks. Success is OGBench's ``info['success']`` at the last step. Episodes may be spread over
+parallel worker processes (each with its own copy of the actor/critic and one torch thread).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mac.data.dataset import Normalizer
+from mac.data.names import EnvSpec
+
+GOAL_TASKS = (1, 2, 3, 4, 5)
+
+
+def make_env(spec: EnvSpec, render: bool = False, size: int = 200):
+    import ogbench
+
+    kwargs = dict(render_mode="rgb_array", width=size, height=size) if render else {}
+    return ogbench.make_env_and_datasets(spec.name, env_only=True, **kwargs)
+
+
+@dataclass
+class Policy:
+    """What acting needs: the agent (actor, critic, chunk shape) and the normalisers."""
+
+    agent: torch.nn.Module
+    obs_norm: Normalizer
+    goal_norm: Normalizer | None
+    action_execute: int
+    num_samples: int
+
+    def __call__(self, ob: np.ndarray, goal: np.ndarray | None) -> np.ndarray:
+        s = torch.from_numpy(self.obs_norm(np.asarray(ob, np.float32)[None]).astype(np.float32))
+        g = None
+        if self.agent.goal_conditioned:
+            g = torch.from_numpy(self.goal_norm(np.asarray(goal, np.float32)[None]).astype(np.float32))
+        chunk = self.agent.act(s, g, num_samples=self.num_samples)[0]
+        return chunk[: self.action_execute].numpy()
+
+
+def run_episode(env, policy: Policy, task_id: int | None, seed: int, frames: list | None = None) -> dict:
+    options = {"task_id": task_id, "render_goal": False} if task_id is not None else None
+    ob, info = env.reset(seed=seed, options=options)
+    goal = info.get("goal")
+    done, length, ret, queue = False, 0, 0.0, []
+    while not done:
+        if not queue:
+            queue = list(policy(ob, goal))
+        ob, reward, terminated, truncated, info = env.step(np.clip(queue.pop(0), -1, 1))
+        ret += float(reward)
+        length += 1
+        done = terminated or truncated
+        if frames is not None:
+            frames.append(env.render())
+    return {"success": float(info.get("success", 0.0)), "return": ret, "length": length}
+
+
+def _episode_list(spec: EnvSpec, num_episodes: int, seed: int) -> list[tuple[int | None, int]]:
+    tasks = GOAL_TASKS if spec.goal_conditioned else (None,)
+    return [(task, seed * 100003 + i * len(tasks) + j)
+            for j, task in enumerate(tasks) for i in range(num_episodes)]
+
+
+def _run_block(spec_name, policy_state, episodes):
+    """Worker: rebuild the policy from plain state and run some episodes."""
+    torch.set_num_threads(1)
+    from mac.data.names import parse_env_name
+    policy = policy_from_state(policy_state)
+    env = make_env(parse_env_name(spec_name))
+    return [(task, run_episode(env, policy, task, seed)) for task, seed in episodes]
+
+
+def policy_state(policy: Policy) -> dict:
+    a = policy.agent
+    return {"dims": (a.obs_dim, a.action_dim, a.goal_dim), "config": a.config.to_dict(),
+            "actor": a.actor.state_dict(), "critic": a.critic.state_dict(),
+            "obs_norm": policy.obs_norm.state_dict(),
+            "goal_norm": policy.goal_norm.state_dict() if policy.goal_norm else None,
+            "action_execute": policy.action_execute, "num_samples": policy.num_samples}
+
+
+def policy_from_state(st: dict) -> Policy:
+    from mac.agent import MACAgent
+    from mac.config import AgentConfig
+    agent = MACAgent(*st["dims"], AgentConfig.from_dict(st["config"]))
+    agent.actor.load_state_dict(st["actor"])
+    agent.critic.load_state_dict(st["critic"])
+    return Policy(agent.eval(), Normalizer.from_state_dict(st["obs_norm"]),
+                  Normalizer.from_state_dict(st["goal_norm"]) if st["goal_norm"] else None,
+                  st["action_execute"], st["num_samples"])
+
+
+def evaluate(spec: EnvSpec, policy: Policy, num_episodes: int, *, seed: int = 0, workers: int = 1,
+             video_episodes: int = 0, video_path: Path | None = None, progress: bool = False) -> dict:
+    """Success rates: ``{'success': overall, 'task<k>_success': ..., 'return': ..., 'length': ...}``."""
+    if num_episodes < 1:
+        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+    episodes = _episode_list(spec, num_episodes, seed)
+    results: list[tuple[int | None, dict]] = []
+    if video_episodes > 0:
+        frames: list = []
+        env = make_env(spec, render=True)
+        _disable_shadows(env)
+        for task, ep_seed in episodes[:video_episodes]:
+            results.append((task, run_episode(env, policy, task, ep_seed, frames)))
+        episodes = episodes[video_episodes:]
+        if video_path is not None and frames:
+            save_video(frames, video_path)
+    if workers > 1 and len(episodes) > 1:
+        import multiprocessing as mp
+        blocks = [episodes[i::workers] for i in range(workers)]
+        state = policy_state(policy)
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for part in pool.starmap(_run_block, [(spec.name, state, b) for b in blocks if b]):
+                results.extend(part)
+    elif episodes:
+        env = make_env(spec)
+        from tqdm import tqdm
+        for task, ep_seed in tqdm(episodes, desc="eval", disable=not progress, leave=False):
+            results.append((task, run_episode(env, policy, task, ep_seed)))
+    out = {"success": float(np.mean([r["success"] for _, r in results])),
+           "return": float(np.mean([r["return"] for _, r in results])),
+           "length": float(np.mean([r["length"] for _, r in results])),
+           "episodes": len(results)}
+    if spec.goal_conditioned:
+        for task in GOAL_TASKS:
+            out[f"task{task}_success"] = float(np.mean([r["success"] for t, r in results if t == task]))
+    return out
+
+
+def _disable_shadows(env) -> None:
+    """Rendering is ~4x faster headless without shadows (OGBENCH.md)."""
+    try:
+        import mujoco
+        renderer = getattr(env.unwrapped, "_renderer", None) or getattr(env.unwrapped, "mujoco_renderer", None)
+        scene = getattr(renderer, "_scene", None) or getattr(renderer, "scene", None)
+        if scene is not None:
+            scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+    except Exception:  # cosmetic speed-up only
+        pass
+
+
+def save_video(frames: list, path: Path, fps: int = 30) -> Path:
+    import imageio.v2 as imageio
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".mp4":
+        imageio.mimsave(path, frames, fps=fps)
+    else:
+        imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
+    return path
+
+
+os.environ.setdefault("MUJOCO_GL", "egl")

@@ -1,0 +1,238 @@
+"""``mac train``: offline MAC training on an OGBench dataset, with evaluation, logs and resume.
+
+Flag names follow the authors' command lines (``--env_name``, ``--offline_steps``,
+``--agent.chunk_len=10`` ...). A run directory holds ``flags.json``, ``train.csv``, ``eval.csv``
+(append-only), ``checkpoints/ckpt_<step>.pt`` (atomic, last K kept) and optional TensorBoard files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mac.agent import MACAgent
+from mac.checkpoint import (atomic_write_text, load_checkpoint, rng_state, save_checkpoint,
+                            set_rng_state)
+from mac.config import AgentConfig, apply_agent_flags, goal_mixture, preset
+from mac.data import ChunkSampler, DatasetError, Normalizer, load_offline_data, parse_env_name
+from mac.data.files import find_dataset_files
+from mac.evaluate import Policy, evaluate, make_env
+from mac.logging_utils import CsvLog, TensorBoard
+
+DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
+DEFAULT_DATASET_DIR = "~/.ogbench/data"
+EVAL_SEED_OFFSET = 10_000
+
+
+def add_arguments(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None:
+    p.add_argument("--env_name", default=DEFAULT_ENV,
+                   help="OGBench name, e.g. cube-single-play-singletask-task2-v0 or puzzle-3x3-play-oraclerep-v0")
+    p.add_argument("--dataset_dir", default=DEFAULT_DATASET_DIR,
+                   help="folder with <dataset>.npz and <dataset>-val.npz, or with shard files")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"],
+                   help="agent defaults: 'paper' (MAC.md) or 'cpu' (sized for a 2-core machine)")
+    p.add_argument("--offline_steps", type=int, default=5000)
+    p.add_argument("--log_interval", type=int, default=100)
+    p.add_argument("--eval_interval", type=int, default=2500, help="0 disables periodic evaluation")
+    p.add_argument("--eval_episodes", type=int, default=20, help="episodes (per task for goal envs)")
+    p.add_argument("--eval_workers", type=int, default=1, help="parallel environment processes")
+    p.add_argument("--video_episodes", type=int, default=0)
+    p.add_argument("--save_interval", type=int, default=2500)
+    p.add_argument("--keep_checkpoints", type=int, default=3)
+    p.add_argument("--save_dir", default="runs")
+    p.add_argument("--run_name", default=None, help="default: <env_name>_s<seed>_<timestamp>")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--restore_path", default=None, help="run directory or checkpoint to resume from")
+    p.add_argument("--tensorboard", action="store_true")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:k]")
+    p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads (0: torch default)")
+    p.add_argument("--generate_episodes", type=int, default=100,
+                   help="if the dataset is missing from the default --dataset_dir, generate this many "
+                        "episodes locally first (0: never generate, error instead)")
+    p.add_argument("--no_progress", action="store_true")
+
+
+def parse_train_args(argv: list[str]) -> tuple[argparse.Namespace, AgentConfig, list[str]]:
+    """Returns (args, agent config, the --agent.* flags given)."""
+    p = argparse.ArgumentParser(prog="mac train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Agent settings: --agent.<key>=<value> for any of: "
+                                       + ", ".join(AgentConfig.__dataclass_fields__))
+    add_arguments(p)
+    agent_flags = [a for a in argv if a.startswith("--agent.")]
+    rest_probe = [a for a in argv if not a.startswith("--agent.")]
+    args, _ = p.parse_known_args(rest_probe)
+    cfg, rest = apply_agent_flags(preset(args.preset), argv)
+    args = p.parse_args(rest)
+    for k in ("offline_steps", "log_interval", "eval_episodes", "save_interval", "eval_workers"):
+        if getattr(args, k) < 1:
+            p.error(f"--{k} must be >= 1, got {getattr(args, k)}")
+    for k in ("eval_interval", "video_episodes", "generate_episodes", "keep_checkpoints", "threads"):
+        if getattr(args, k) < 0:
+            p.error(f"--{k} must be >= 0, got {getattr(args, k)}")
+    return args, cfg, agent_flags
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
+    return dev
+
+
+def ensure_dataset(args, spec) -> None:
+    """Generate a small local dataset when none is found in the default location."""
+    try:
+        find_dataset_files(spec.dataset_name, args.dataset_dir)
+        return
+    except DatasetError:
+        explicit = os.path.expanduser(args.dataset_dir) != os.path.expanduser(DEFAULT_DATASET_DIR)
+        if explicit or args.generate_episodes == 0:
+            raise
+    from mac.data.generate import generate_dataset
+    print(f"[mac] dataset {spec.dataset_name} not found in {args.dataset_dir}: generating "
+          f"{args.generate_episodes} episodes locally with OGBench's scripted oracle (the official "
+          "dataset has 1000; pass --dataset_dir to use your own files)", flush=True)
+    workers = max(1, min(os.cpu_count() or 1, 4))
+    generate_dataset(spec.dataset_name, args.generate_episodes, os.path.expanduser(args.dataset_dir),
+                     workers=workers, seed=args.seed, progress=not args.no_progress)
+
+
+def _to_torch(batch: dict, device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v).to(device) for k, v in batch.items()
+            if v.dtype == np.float32}
+
+
+def _policy(agent, obs_norm, goal_norm) -> Policy:
+    cfg = agent.config
+    return Policy(agent, obs_norm, goal_norm, cfg.action_execute, cfg.num_samples_test)
+
+
+def _run_eval(spec, agent, obs_norm, goal_norm, args, step, run_dir, elapsed) -> dict:
+    # Evaluation must not consume the training RNG streams (resume equivalence).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed + EVAL_SEED_OFFSET + step)
+        video = run_dir / "videos" / f"step_{step:09d}.gif" if args.video_episodes else None
+        res = evaluate(spec, _policy(agent, obs_norm, goal_norm), args.eval_episodes,
+                       seed=args.seed + EVAL_SEED_OFFSET, workers=args.eval_workers,
+                       video_episodes=args.video_episodes, video_path=video,
+                       progress=not args.no_progress)
+    return {"step": step, "time_s": round(elapsed, 3), **res}
+
+
+def train(argv: list[str]) -> Path:
+    args, cfg, agent_flags = parse_train_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    spec = parse_env_name(args.env_name)
+    resume = load_checkpoint(args.restore_path) if args.restore_path else None
+    if resume is not None:
+        if agent_flags:
+            raise SystemExit("on --restore_path the agent settings come from the checkpoint; "
+                             f"drop {agent_flags}")
+        cfg = AgentConfig.from_dict(resume["agent_config"])
+        if resume["env_name"] != spec.name and args.env_name != DEFAULT_ENV:
+            raise SystemExit(f"checkpoint is for {resume['env_name']!r}, not {spec.name!r}")
+        spec = parse_env_name(resume["env_name"])
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
+
+    ensure_dataset(args, spec)
+    env = make_env(spec)
+    train_data, val_data = load_offline_data(spec, args.dataset_dir, env, progress=not args.no_progress)
+    obs_norm = Normalizer.fit(val_data.observations)
+    goal_norm = Normalizer.fit(val_data.goal_reps) if spec.goal_conditioned else None
+    sampler = ChunkSampler(train_data, cfg.chunk_len, cfg.discount, obs_normalizer=obs_norm,
+                           goal_normalizer=goal_norm, goal_conditioned=spec.goal_conditioned,
+                           goal_mixture=goal_mixture(cfg), seed=args.seed)
+    agent = MACAgent(train_data.obs_dim, train_data.action_dim, train_data.goal_dim, cfg).to(device)
+
+    start_step, elapsed = 0, 0.0
+    if resume is not None:
+        run_dir = Path(resume["path"]).parent.parent
+        agent.load_state_dict(resume["agent"])
+        agent.optimizer.load_state_dict(resume["optimizer"])
+        sampler.load_state_dict(resume["sampler"])
+        set_rng_state(resume["rng"])
+        start_step, elapsed = int(resume["step"]), float(resume["elapsed_s"])
+        print(f"[mac] resumed {run_dir} at step {start_step}", flush=True)
+    else:
+        name = args.run_name or f"{spec.name}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(args.save_dir).expanduser() / name
+        if (run_dir / "flags.json").exists():
+            raise SystemExit(f"{run_dir} already holds a run; resume it with --restore_path {run_dir} "
+                             "or choose another --run_name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        import mac
+        atomic_write_text(run_dir / "flags.json", json.dumps({
+            "argv": argv, "args": vars(args), "agent": cfg.to_dict(), "env_name": spec.name,
+            "dataset": {"train_rows": len(train_data), "val_rows": len(val_data),
+                        "obs_dim": train_data.obs_dim, "action_dim": train_data.action_dim,
+                        "goal_dim": train_data.goal_dim},
+            "device": str(device), "mac_info": mac.info()}, indent=2, default=str))
+
+    train_log, eval_log = CsvLog(run_dir / "train.csv"), CsvLog(run_dir / "eval.csv")
+    tb = TensorBoard(run_dir / "tb" if args.tensorboard else None)
+
+    def checkpoint(step):
+        save_checkpoint(run_dir, step, {
+            "agent": agent.state_dict(), "optimizer": agent.optimizer.state_dict(),
+            "agent_config": cfg.to_dict(), "env_name": spec.name,
+            "dims": [train_data.obs_dim, train_data.action_dim, train_data.goal_dim],
+            "obs_norm": obs_norm.state_dict(), "goal_norm": goal_norm.state_dict() if goal_norm else None,
+            "sampler": sampler.state_dict(), "rng": rng_state(), "elapsed_s": elapsed,
+            "seed": args.seed}, keep=args.keep_checkpoints)
+
+    from tqdm import tqdm
+    bar = tqdm(range(start_step + 1, args.offline_steps + 1), initial=start_step,
+               total=args.offline_steps, desc="train", disable=args.no_progress, dynamic_ncols=True)
+    last_eval = None
+    t0 = time.perf_counter()
+    for step in bar:
+        info = agent.update(_to_torch(sampler.sample(cfg.batch_size), device))
+        now = time.perf_counter()
+        elapsed += now - t0
+        t0 = now
+        if step % args.log_interval == 0:
+            row = {"step": step, "time_s": round(elapsed, 3), **info}
+            train_log.write(row)
+            tb.write("train", row, step)
+            bar.set_postfix(loss=f"{info['loss/total']:.3g}", refresh=False)
+        if (args.eval_interval and step % args.eval_interval == 0) or step == args.offline_steps:
+            last_eval = _run_eval(spec, agent, obs_norm, goal_norm, args, step, run_dir, elapsed)
+            eval_log.write(last_eval)
+            tb.write("eval", last_eval, step)
+            bar.write(f"[mac] step {step}: success {last_eval['success']:.3f} "
+                      f"({last_eval['episodes']} episodes)")
+            t0 = time.perf_counter()  # evaluation time is not training time
+        if step % args.save_interval == 0 or step == args.offline_steps:
+            checkpoint(step)
+    bar.close()
+    tb.close()
+    print(f"[mac] run directory: {run_dir}")
+    print(f"[mac]   logs: {run_dir / 'train.csv'}, {run_dir / 'eval.csv'}; checkpoints: {run_dir / 'checkpoints'}")
+    if last_eval is not None:
+        print(f"[mac]   final success rate: {last_eval['success']:.3f}")
+    print(f"[mac]   plot: mac plot {run_dir}")
+    return run_dir
+
+
+def main(argv=None) -> int:
+    try:
+        train(list(sys.argv[1:] if argv is None else argv))
+    except (DatasetError, ValueError) as exc:
+        print(f"mac train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
