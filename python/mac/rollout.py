@@ -134,6 +134,13 @@ def _concat(*parts):
     return torch.cat([p for p in parts if p is not None], dim=-1)
 
 
+def select_best(scores: torch.Tensor) -> torch.Tensor:
+    """Argmax over dim 0 of (N, B) scores: ties go to the lowest index, NaN never wins (an all-NaN
+    column picks 0). torch.argmax returns the first maximal index, which gives the tie rule."""
+    ranked = torch.where(torch.isnan(scores), torch.full_like(scores, float("-inf")), scores)
+    return ranked.argmax(dim=0)
+
+
 def best_of_n_reference(states, goals, actor, critic, noise) -> BestOfN:
     """Pure PyTorch best-of-N. ``noise``: (N, B, C)."""
     N, B, _ = noise.shape
@@ -141,9 +148,7 @@ def best_of_n_reference(states, goals, actor, critic, noise) -> BestOfN:
     g = goals.unsqueeze(0).expand(N, -1, -1) if goals is not None else None
     candidates = actor(_concat(s, g, noise)).clamp(-1.0, 1.0)          # (N, B, C)
     q = critic(_concat(s, g, candidates)).squeeze(-1)                     # (N, B)
-    # NaN never wins; torch.argmax returns the first maximal index, so ties go to the lowest.
-    ranked = torch.where(torch.isnan(q), torch.full_like(q, float("-inf")), q)
-    indices = ranked.argmax(dim=0)                                        # (B,)
+    indices = select_best(q)                                              # (B,)
     rows = torch.arange(B, device=states.device)
     return BestOfN(candidates[indices, rows], q[indices, rows], indices)
 
