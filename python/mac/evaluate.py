@@ -9,6 +9,9 @@ parallel worker processes (each with its own copy of the actor/critic and one to
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the first mujoco import
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +25,14 @@ GOAL_TASKS = (1, 2, 3, 4, 5)
 
 
 def make_env(spec: EnvSpec, render: bool = False, size: int = 200):
+    import warnings
+
     import ogbench
 
     kwargs = dict(render_mode="rgb_array", width=size, height=size) if render else {}
-    return ogbench.make_env_and_datasets(spec.name, env_only=True, **kwargs)
+    with warnings.catch_warnings():  # gymnasium's float64->float32 Box notices are not actionable
+        warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
+        return ogbench.make_env_and_datasets(spec.name, env_only=True, **kwargs)
 
 
 @dataclass
@@ -159,5 +166,3 @@ def save_video(frames: list, path: Path, fps: int = 30) -> Path:
         imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
     return path
 
-
-os.environ.setdefault("MUJOCO_GL", "egl")

@@ -1,0 +1,84 @@
+"""End to end: `mac train` on a tiny generated dataset, logs, checkpoints, resume, eval, plot."""
+
+import collections
+import csv
+
+import pytest
+import torch
+
+from mac.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from mac.cli import main as cli
+
+TINY = ["--agent.hidden_dims=16,16", "--agent.batch_size=16", "--agent.rollout_batch=8",
+        "--agent.chunk_len=5", "--agent.rollout_steps=2", "--agent.num_samples_train=2",
+        "--agent.num_samples_test=2", "--agent.flow_steps=2", "--agent.action_execute=5",
+        "--agent.rollout_backend=torch"]
+
+
+def run_train(data_dir, save_dir, name, steps, *extra):
+    from mac.train import train
+    return train(["--env_name", "cube-single-play-singletask-task2-v0", "--dataset_dir", str(data_dir),
+                  "--save_dir", str(save_dir), "--run_name", name, "--offline_steps", str(steps),
+                  "--log_interval", "1", "--eval_interval", "0", "--eval_episodes", "1",
+                  "--save_interval", "3", "--no_progress", "--seed", "3", *extra])
+
+
+class Evil:  # any non-allow-listed class: loading it would run arbitrary unpickling
+    pass
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_resume_continues_the_same_curve(tiny_cube_dir, tmp_path):
+    straight = run_train(tiny_cube_dir, tmp_path, "straight", 6, *TINY)
+    half = run_train(tiny_cube_dir, tmp_path, "half", 3, *TINY)
+    resumed = run_train(tiny_cube_dir, tmp_path, "ignored", 6, "--restore_path", str(half))
+    assert resumed == half
+    a = load_checkpoint(straight)["agent"]
+    b = load_checkpoint(half)["agent"]
+    assert load_checkpoint(half)["step"] == 6
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    rows_a, rows_b = _rows(straight / "train.csv"), _rows(half / "train.csv")
+    assert rows_a[0] == rows_b[0] and len(rows_b) == 1 + 6          # one header, appended rows
+    loss_col = rows_a[0].index("loss/total")
+    assert [r[loss_col] for r in rows_a[1:]] == [r[loss_col] for r in rows_b[1:]]
+    assert len(_rows(half / "eval.csv")) == 1 + 2                   # eval at 3 (end of 1st part) and 6
+    assert (half / "flags.json").is_file()
+
+
+def test_checkpoints_keep_last_k_and_reject_pickles(tmp_path):
+    for step in range(1, 6):
+        save_checkpoint(tmp_path, step, {"x": torch.ones(1) * step}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["ckpt_000000004.pt", "ckpt_000000005.pt"]
+    assert load_checkpoint(tmp_path)["step"] == 5
+    assert not any(p.name.startswith(".") for p in (tmp_path / "checkpoints").iterdir())
+    evil = tmp_path / "checkpoints" / "ckpt_000000009.pt"
+    torch.save({"format_version": 1, "obj": collections.OrderedDict(a=Evil())}, evil)
+    with pytest.raises(ValueError, match="cannot load checkpoint"):
+        load_checkpoint(evil)
+    with pytest.raises(FileNotFoundError, match="no checkpoint found"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def test_eval_and_plot_cli(tiny_cube_dir, tmp_path, capsys):
+    run = run_train(tiny_cube_dir, tmp_path, "r", 3, *TINY)
+    assert cli(["eval", "--restore_path", str(run), "--eval_episodes", "1", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"success"' in out and '"step": 3' in out
+    assert cli(["plot", str(run)]) == 0
+    assert (run / "learning_curve.png").stat().st_size > 1000
+    assert cli(["eval", "--restore_path", str(run), "--action_execute", "9"]) == 2
+
+
+def test_train_flag_errors(tiny_cube_dir, tmp_path, capsys):
+    assert cli(["train", "--dataset_dir", str(tiny_cube_dir), "--agent.chunk_size=3"]) == 2
+    assert "valid keys" in capsys.readouterr().err
+    assert cli(["train", "--dataset_dir", str(tmp_path / "empty"), "--no_progress"]) == 2
+    assert "mac data generate" in capsys.readouterr().err
+    run_train(tiny_cube_dir, tmp_path, "dup", 1, *TINY)
+    with pytest.raises(SystemExit, match="already holds a run"):
+        run_train(tiny_cube_dir, tmp_path, "dup", 1, *TINY)
