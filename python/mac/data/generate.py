@@ -53,6 +53,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from mac.data.names import parse_env_name
+
 __all__ = [
     "DatasetSpec",
     "resolve_dataset",
@@ -153,24 +155,12 @@ def _unsupported(name: str, why: str) -> ValueError:
 
 
 def _strip_variant(name: str) -> str:
-    """Map a single-task / oracle-representation name to its underlying dataset name.
-
-    Mirrors ``ogbench.make_env_and_datasets``: ``cube-single-play-singletask-task2-v0`` and
-    ``cube-single-play-singletask-v0`` -> ``cube-single-play-v0``; ``cube-single-play-oraclerep-v0``
-    -> ``cube-single-play-v0``.
-    """
-    parts = name.split("-")
-    if "singletask" in parts:
-        pos = parts.index("singletask")
-        middle = parts[pos + 1 : -1]
-        if len(middle) > 1 or (middle and not re.fullmatch(r"task\d+", middle[0])):
-            raise _unsupported(name, "malformed single-task name (expected '...-singletask[-taskN]-vK')")
-        return "-".join(parts[:pos] + parts[-1:])
-    if "oraclerep" in parts:
-        if parts[-2] != "oraclerep":
-            raise _unsupported(name, "malformed oracle-representation name (expected '...-oraclerep-vK')")
-        return "-".join(parts[:-2] + parts[-1:])
-    return name
+    """Map a single-task / oracle-representation name to its underlying dataset name
+    (``cube-single-play-singletask-task2-v0`` -> ``cube-single-play-v0``), as mac.data.names does."""
+    try:
+        return parse_env_name(name).dataset_name
+    except ValueError as exc:
+        raise _unsupported(name, str(exc)) from None
 
 
 def resolve_dataset(env_name: str) -> DatasetSpec:
