@@ -9,6 +9,7 @@ parallel worker processes (each with its own copy of the actor/critic and one to
 from __future__ import annotations
 
 import os
+import warnings
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the first mujoco import
 
@@ -22,17 +23,15 @@ from mac.data.dataset import Normalizer
 from mac.data.names import EnvSpec
 
 GOAL_TASKS = (1, 2, 3, 4, 5)
+# ManipSpaceEnv builds a new float64 Box on every action_space access and gymnasium warns each time.
+warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
 
 
 def make_env(spec: EnvSpec, render: bool = False, size: int = 200):
-    import warnings
-
     import ogbench
 
     kwargs = dict(render_mode="rgb_array", width=size, height=size) if render else {}
-    with warnings.catch_warnings():  # gymnasium's float64->float32 Box notices are not actionable
-        warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
-        return ogbench.make_env_and_datasets(spec.name, env_only=True, **kwargs)
+    return ogbench.make_env_and_datasets(spec.name, env_only=True, **kwargs)
 
 
 @dataclass
@@ -67,7 +66,7 @@ def run_episode(env, policy: Policy, task_id: int | None, seed: int, frames: lis
         length += 1
         done = terminated or truncated
         if frames is not None:
-            frames.append(env.render())
+            frames.append(render_frame(env))
     return {"success": float(info.get("success", 0.0)), "return": ret, "length": length}
 
 
@@ -111,12 +110,22 @@ def evaluate(spec: EnvSpec, policy: Policy, num_episodes: int, *, seed: int = 0,
     """Success rates: ``{'success': overall, 'task<k>_success': ..., 'return': ..., 'length': ...}``."""
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+    # One decision is a few small GEMMs: extra threads only add synchronisation (and fight the
+    # env for the cores), so acting runs single-threaded; training's setting is restored after.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _evaluate(spec, policy, num_episodes, seed, workers, video_episodes, video_path, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(spec, policy, num_episodes, seed, workers, video_episodes, video_path, progress) -> dict:
     episodes = _episode_list(spec, num_episodes, seed)
     results: list[tuple[int | None, dict]] = []
     if video_episodes > 0:
         frames: list = []
         env = make_env(spec, render=True)
-        _disable_shadows(env)
         for task, ep_seed in episodes[:video_episodes]:
             results.append((task, run_episode(env, policy, task, ep_seed, frames)))
         episodes = episodes[video_episodes:]
@@ -144,16 +153,18 @@ def evaluate(spec: EnvSpec, policy: Policy, num_episodes: int, *, seed: int = 0,
     return out
 
 
-def _disable_shadows(env) -> None:
-    """Rendering is ~4x faster headless without shadows (OGBENCH.md)."""
-    try:
-        import mujoco
-        renderer = getattr(env.unwrapped, "_renderer", None) or getattr(env.unwrapped, "mujoco_renderer", None)
-        scene = getattr(renderer, "_scene", None) or getattr(renderer, "scene", None)
-        if scene is not None:
-            scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-    except Exception:  # cosmetic speed-up only
-        pass
+def _no_shadows(scene) -> None:
+    import mujoco
+    scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+
+
+def render_frame(env):
+    """One RGB frame; manipulation envs render ~4x faster headless without shadows (OGBENCH.md)."""
+    import inspect
+    render = env.unwrapped.render
+    if "scene_callback" in inspect.signature(render).parameters:
+        return render(scene_callback=_no_shadows)
+    return env.render()
 
 
 def save_video(frames: list, path: Path, fps: int = 30) -> Path:
