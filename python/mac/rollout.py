@@ -123,6 +123,15 @@ def _noise_or_seed(noise, seed, shape, states):
     return noise, seed
 
 
+def _reference_noise(noise, seed, shape, states) -> torch.Tensor:
+    """The explicit noise, else the Philox stream of ``seed``, else torch's global generator."""
+    if noise is not None:
+        return noise
+    if seed is not None:
+        return philox_normal(seed, shape, device=states.device, dtype=states.dtype)
+    return torch.randn(shape, device=states.device, dtype=states.dtype)
+
+
 def draw_seed(generator: torch.Generator | None = None) -> int:
     """A 63-bit seed from torch's (global or given) CPU generator."""
     return int(torch.randint(0, 2 ** 63 - 1, (), generator=generator, dtype=torch.int64))
@@ -198,14 +207,11 @@ def best_of_n(states, goals=None, *, actor, critic, num_samples, noise=None, see
     shape = (num_samples, B, C)
     noise, seed = _noise_or_seed(noise, seed, shape, states)
     backend = _resolve_backend(backend, states)
+    if backend != "torch" and noise is None and seed is None:
+        seed = draw_seed()  # native cores draw their own noise from a seed of torch's generator
     if backend == "torch":
-        if noise is None:
-            noise = (philox_normal(seed, shape, device=states.device, dtype=states.dtype)
-                     if seed is not None else torch.randn(shape, device=states.device, dtype=states.dtype))
-        return best_of_n_reference(states, goals, actor, critic, noise)
+        return best_of_n_reference(states, goals, actor, critic, _reference_noise(noise, seed, shape, states))
     from mac import _native
-    if noise is None and seed is None:
-        seed = draw_seed()
     return _native.best_of_n(backend, states, goals, actor, critic, num_samples, noise, seed)
 
 
@@ -229,13 +235,11 @@ def imagine(states, goals=None, *, actor, critic, dynamics, reward=None, success
     shape = (steps, num_samples, B, C)
     noise, seed = _noise_or_seed(noise, seed, shape, states)
     backend = _resolve_backend(backend, states)
-    if backend == "torch":
-        if noise is None:
-            noise = (philox_normal(seed, shape, device=states.device, dtype=states.dtype)
-                     if seed is not None else torch.randn(shape, device=states.device, dtype=states.dtype))
-        return imagine_reference(states, goals, actor, critic, dynamics, reward, success, noise)
-    from mac import _native
-    if noise is None and seed is None:
+    if backend != "torch" and noise is None and seed is None:
         seed = draw_seed()
+    if backend == "torch":
+        return imagine_reference(states, goals, actor, critic, dynamics, reward, success,
+                                 _reference_noise(noise, seed, shape, states))
+    from mac import _native
     return _native.imagine(backend, states, goals, actor, critic, dynamics, reward, success,
                            steps, num_samples, noise, seed)
