@@ -2,6 +2,10 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "mac/cpu_core.h"
 
 namespace mac {
 
@@ -24,15 +28,20 @@ static Isa hardware_isa() {
   return Isa::generic;
 }
 
+static bool parse_isa(const char* s, Isa& out) {
+  if (!std::strcmp(s, "generic")) out = Isa::generic;
+  else if (!std::strcmp(s, "avx2")) out = Isa::avx2;
+  else if (!std::strcmp(s, "avx512")) out = Isa::avx512;
+  else return false;
+  return true;
+}
+
 Isa detect_isa() {
   Isa best = hardware_isa();
   // MAC_CPU_ISA=generic|avx2|avx512 lowers (never raises) the choice: for tests and comparisons.
   if (const char* forced = std::getenv("MAC_CPU_ISA")) {
     Isa want = best;
-    if (!std::strcmp(forced, "generic")) want = Isa::generic;
-    else if (!std::strcmp(forced, "avx2")) want = Isa::avx2;
-    else if (!std::strcmp(forced, "avx512")) want = Isa::avx512;
-    if (static_cast<int>(want) < static_cast<int>(best)) best = want;
+    if (parse_isa(forced, want) && static_cast<int>(want) < static_cast<int>(best)) best = want;
   }
   return best;
 }
@@ -46,4 +55,37 @@ bool cpu_has_avx512_bf16() {
 #endif
 }
 
+namespace cpu {
+
+Isa resolve_isa(const std::string& requested) {
+  if (requested.empty() || requested == "auto") return detect_isa();
+  Isa want;
+  if (!parse_isa(requested.c_str(), want))
+    throw std::invalid_argument("isa must be 'auto', 'generic', 'avx2' or 'avx512', got '" + requested + "'");
+  // An explicit request is capped by the hardware only (not by MAC_CPU_ISA).
+  const Isa hw = hardware_isa();
+  return static_cast<int>(want) < static_cast<int>(hw) ? want : hw;
+}
+
+#define MAC_DISPATCH(isa_value, call)               \
+  switch (isa_value) {                              \
+    case Isa::avx512: return avx512::call;          \
+    case Isa::avx2: return avx2::call;              \
+    default: return generic::call;                  \
+  }
+
+void best_of_n(Isa isa, const BestOfNArgs& a, const Options& o) { MAC_DISPATCH(isa, best_of_n(a, o)) }
+void imagine(Isa isa, const ImagineArgs& a, const Options& o) { MAC_DISPATCH(isa, imagine(a, o)) }
+void gelu(Isa isa, const float* x, float* y, int64_t n) { MAC_DISPATCH(isa, gelu(x, y, n)) }
+void mlp_forward(Isa isa, const Net& net, const float* x, float* y, int rows, const Options& o) {
+  MAC_DISPATCH(isa, mlp_forward(net, x, y, rows, o))
+}
+double gemm_peak_probe(Isa isa, int reps, int num_threads) {
+  MAC_DISPATCH(isa, gemm_peak_probe(reps, num_threads))
+}
+bool isa_has_bf16(Isa isa) { MAC_DISPATCH(isa, has_bf16()) }
+
+#undef MAC_DISPATCH
+
+}  // namespace cpu
 }  // namespace mac
