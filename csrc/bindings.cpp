@@ -37,8 +37,10 @@ struct Span {
   std::string name;
 };
 
-// Keeps the address ranges of the buffers of one call, to reject outputs aliasing anything.
+// The buffers of one call: references that keep them alive until the call returns (a sequence may
+// hand out temporaries), and their address ranges, to reject outputs aliasing anything.
 struct Buffers {
+  std::vector<py::object> keep;
   std::vector<Span> inputs, outputs;
   void check_overlaps() const {
     auto overlap = [](const Span& a, const Span& b) { return a.begin < b.end && b.begin < a.end; };
@@ -79,6 +81,7 @@ T* checked(py::handle h, const std::string& name, const std::vector<py::ssize_t>
   if (reinterpret_cast<uintptr_t>(arr.data()) % alignof(T) != 0)
     throw py::value_error(name + " is not aligned to its element size");
   if (writable && !arr.writeable()) throw py::value_error(name + " must be writable");
+  bufs.keep.push_back(arr);
   const char* p = static_cast<const char*>(arr.data());
   Span span{p, p + arr.nbytes(), name};
   (writable ? bufs.outputs : bufs.inputs).push_back(span);

@@ -628,7 +628,7 @@ double net_flops_per_row(const Net& net) {
 // layer, so it is only used when a layer of a tile is worth at least kTeamMinFlops (~10 us);
 // otherwise threads beyond the number of tiles just idle. Small problems run on one thread.
 constexpr double kTeamMinFlops = 1e6;
-constexpr double kParallelMinFlops = 2e7;  // ~0.2 ms on one core
+constexpr double kParallelMinFlops = 1e8;  // ~1 ms on one core
 
 bool use_team_mode(const Options& o, int ntiles, int threads, double flops_per_layer_tile) {
   if (o.parallel != Parallel::automatic) return o.parallel == Parallel::columns && threads > 1;

@@ -2,7 +2,8 @@
 
 Every figure is measured in the same run: the native core (``backend="cpu"``), the PyTorch
 reference in eager mode (``backend="torch"``, i.e. :func:`mac.rollout.imagine_reference` /
-:func:`~mac.rollout.best_of_n_reference`), the same reference under ``torch.compile``, and the
+:func:`~mac.rollout.best_of_n_reference`), the same reference under ``torch.compile`` (for rollouts
+one compiled graph per step, looped H times), and the
 machine's FMA peak measured by the native micro-kernel on an in-cache problem (plus torch.mm on
 1024x1024 for reference). GFLOP/s count 2 * in * out per row per layer for every network evaluated
 (N candidates through actor and critic, then dynamics / reward / success on the chosen chunk).
@@ -36,7 +37,8 @@ CASES = {
     "tiny": ("imagine", 64, 2, 8, 10, 20, (64,) * 2),
 }
 DEFAULT_CASES = ("paper-s28", "paper-s55", "cpu-preset", "eval-b1", "eval-b64")
-BACKENDS = ("native", "eager", "compile")
+BACKENDS = ("native", "native-bf16", "eager", "compile")
+DEFAULT_BACKENDS = ("native", "eager", "compile")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=sorted(CASES) + ["all"],
                         help="shapes to time (default: the paper rollouts, the CPU preset, evaluation "
                              "best-of-32 with B=1 and B=64)")
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS), choices=BACKENDS,
+                        help="native-bf16: the opt-in bfloat16 mode (AVX512-BF16 CPUs); its note gives the "
+                             "argmax agreement with float32 (best-of-N: chosen indices; rollouts: the "
+                             "chunks chosen at step 0, from the same start states)")
     parser.add_argument("--batch", type=int, default=None, help="override B of every rollout case")
     parser.add_argument("--steps", type=int, default=None, help="override H of every rollout case")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case and backend (median)")
@@ -118,20 +123,65 @@ def _runner(backend, kind, nets, states, noise, H, N, seed, compile_mode):
                                  dynamics=nets["dynamics"], reward=nets["reward"],
                                  success=nets["success"], steps=H, num_samples=N, seed=seed,
                                  backend="cpu")
+    if backend == "native-bf16":
+        from mac import _cpu_core
+
+        if kind == "best_of_n":
+            return lambda: _cpu_core.best_of_n(states, None, nets["actor"], nets["critic"], N, None,
+                                               seed, bf16=True)
+        return lambda: _cpu_core.imagine(states, None, nets["actor"], nets["critic"], nets["dynamics"],
+                                         nets["reward"], nets["success"], H, N, None, seed, bf16=True)
+    mode = None if compile_mode == "default" else compile_mode
     if kind == "best_of_n":
         ref = R.best_of_n_reference
+        if backend == "compile":
+            ref = torch.compile(ref, mode=mode)
         args = (states, None, nets["actor"], nets["critic"], noise)
-    else:
+    elif backend == "eager":
         ref = R.imagine_reference
         args = (states, None, nets["actor"], nets["critic"], nets["dynamics"], nets["reward"],
                 nets["success"], noise)
-    if backend == "compile":
-        ref = torch.compile(ref, mode=None if compile_mode == "default" else compile_mode)
+    else:
+        # torch.compile of the reference, one rollout step per compiled graph (the same graph serves
+        # all H steps: a short compile, and the per-step work is what inductor can fuse anyway).
+        step = torch.compile(_reference_step, mode=mode)
+
+        def ref(states, goals, actor, critic, dynamics, reward, success, noise):
+            s = states
+            out = [[s], [], [], [], []]
+            for k in range(noise.shape[0]):
+                s, chunk, r, m, q = step(s, goals, actor, critic, dynamics, reward, success, noise[k])
+                for lst, v in zip(out, (s, chunk, r, m, q)):
+                    lst.append(v)
+            return R.Rollout(*(torch.stack(v) for v in out))
+        args = (states, None, nets["actor"], nets["critic"], nets["dynamics"], nets["reward"],
+                nets["success"], noise)
 
     def call():
         with torch.no_grad():
             return ref(*args)
     return call
+
+
+def _reference_step(s, goals, actor, critic, dynamics, reward, success, noise_k):
+    """One step of mac.rollout.imagine_reference."""
+    from mac import rollout as R
+
+    choice = R.best_of_n_reference(s, goals, actor, critic, noise_k)
+    r, m = R.reward_and_mask(s, goals, choice.chunks, reward, success)
+    s_next = s + dynamics(R._concat(s, choice.chunks))
+    return s_next, choice.chunks, r, m, choice.scores
+
+
+def _agreement(kind, nets, states, H, N, seed) -> float:
+    """Fraction of argmax choices the bf16 mode shares with float32 (same seed, same states). For a
+    rollout this is its step 0: the noise of step 0 is the (N, B, C) head of the seed's stream, so
+    one best-of-N call from the start states makes exactly the rollout's first choice."""
+    from mac import _cpu_core
+
+    a = _cpu_core.best_of_n(states, None, nets["actor"], nets["critic"], N, None, seed)
+    b = _cpu_core.best_of_n(states, None, nets["actor"], nets["critic"], N, None, seed, bf16=True)
+    return float((a.indices == b.indices).float().mean())
 
 
 def gemm_peak(threads: int) -> dict[str, float]:
@@ -184,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
                     fn()  # compilation
                     note = f"compile {time.perf_counter() - t0:.0f} s"
                 secs, n = _time(fn, args.repeats, args.budget)
+                if backend == "native-bf16":
+                    note = f"argmax agreement with float32 {100 * _agreement(kind, nets, states, H, N, args.seed):.1f}%"
                 note = ", ".join(x for x in (note, f"n={n}") if x)
                 rows.append(Row(name, backend, secs, flops / secs / 1e9, note))
             except Exception as exc:  # torch.compile may be unavailable (no C++ compiler, ...)
@@ -218,7 +270,7 @@ def _markdown(rows, shapes, peak, threads, ext) -> str:
            f"micro-kernel on an in-cache 96x256x64 problem per thread); torch.mm 1024x1024x1024: "
            f"{peak['torch_mm']:.1f} GFLOP/s.",
            "",
-           "| case | shape | backend | median time | GFLOP/s | % of peak | native speed-up | note |",
+           "| case | shape | backend | median time | GFLOP/s | % of fp32 peak | native speed-up | note |",
            "|---|---|---|---|---|---|---|---|"]
     by_case: dict[str, dict[str, Row]] = {}
     for r in rows:
@@ -241,7 +293,9 @@ def _markdown(rows, shapes, peak, threads, ext) -> str:
             out.append(f"| {case} | {shape} | {backend} | {t} | {r.gflops:.1f} | {pct:.0f}% | {speed} "
                        f"| {r.note} |")
     out.append("")
-    out.append("native speed-up = backend time / native time (same case, same run).")
+    out.append("native speed-up = backend time / native (float32) time, same case, same run; "
+               "native-bf16 rows: < 1 means bf16 is faster. GFLOP/s count the float32-equivalent "
+               "multiply-adds (2 per MAC).")
     return "\n".join(out) + "\n"
 
 
