@@ -61,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='torch.compile mode ("default", "max-autotune-no-cudagraphs", ...)')
     parser.add_argument("--output", "-o", default=None, help="also write the markdown to this file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-step", dest="train_step", default="cpu", choices=("cpu", "paper", "none"),
+                        help="also time one full MAC training step (agent.update) with the native vs "
+                             "the torch rollout at this preset (S=28, A=5, reward task)")
+    parser.add_argument("--train-repeats", dest="train_repeats", type=int, default=7)
 
 
 @dataclasses.dataclass
@@ -245,11 +249,49 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:11s} {backend:8s} {_fmt(r.seconds, '.4f')} s  {_fmt(r.gflops, '.1f')} GFLOP/s"
                   f"  {r.note}", file=sys.stderr)
     md = _markdown(rows, shapes, peak, threads, ext)
+    if getattr(args, "train_step", "none") != "none":
+        md += "\n" + train_step_table(args.train_step, args.train_repeats, args.seed)
     print(md)
     if args.output:
         with open(args.output, "w") as f:
             f.write(md)
     return 0
+
+
+def train_step_table(preset_name: str, repeats: int, seed: int) -> str:
+    """Median time of one ``MACAgent.update`` with each rollout backend, interleaved in one run."""
+    from mac.agent import MACAgent
+    from mac.config import preset
+
+    cfg = preset(preset_name)
+    S, A, B = 28, 5, cfg.batch_size
+    g = torch.Generator().manual_seed(seed)
+    batch = {"observations": torch.randn(B, S, generator=g),
+             "actions": torch.rand(B, cfg.chunk_len * A, generator=g) * 2 - 1,
+             "next_observations": torch.randn(B, S, generator=g),
+             "rewards": -torch.rand(B, generator=g), "masks": torch.ones(B)}
+    agents = {}
+    for backend in ("cpu", "torch"):
+        torch.manual_seed(seed)
+        agents[backend] = MACAgent(S, A, 0, dataclasses.replace(cfg, rollout_backend=backend))
+        agents[backend].update(batch)  # warm-up
+    times: dict[str, list[float]] = {"cpu": [], "torch": []}
+    for _ in range(repeats):
+        for backend, agent in agents.items():
+            t0 = time.perf_counter()
+            agent.update(batch)
+            times[backend].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return "\n".join([
+        f"One training step (`agent.update`, preset `{preset_name}`: batch {B}, rollout batch "
+        f"{cfg.rollout_batch}, H={cfg.rollout_steps}, N={cfg.num_samples_train}, "
+        f"{len(cfg.hidden_dims)}x{cfg.hidden_dims[0]} networks), median of {repeats}, interleaved:",
+        "",
+        "| rollout backend | median step time | speed-up of the native rollout |",
+        "|---|---|---|",
+        f"| native (cpu) | {med['cpu'] * 1e3:.1f} ms | |",
+        f"| torch eager | {med['torch'] * 1e3:.1f} ms | {med['torch'] / med['cpu']:.2f}x |",
+        ""])
 
 
 def _markdown(rows, shapes, peak, threads, ext) -> str:

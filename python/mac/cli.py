@@ -57,9 +57,25 @@ def _plot(argv) -> int:
 
 def _bench(argv) -> int:
     p = argparse.ArgumentParser(prog="mac bench", description="throughput benchmarks -> markdown table")
-    from mac import bench
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu: native CPU core vs torch eager/compile vs FMA peak; "
+                        "cuda: CUDA core vs torch eager/compile (CUDA graphs) vs the GPU's peak")
+    from mac import bench, bench_cuda
     bench.add_arguments(p)
-    return bench.run(p.parse_args(argv))
+    bench_cuda.add_cuda_arguments(p)
+    args = p.parse_args(argv)
+    if args.device == "cuda":
+        try:
+            table = bench_cuda.run_cuda_bench(args)
+        except RuntimeError as exc:
+            print(f"mac bench: error: {exc}", file=sys.stderr)
+            return 2
+        print(table)
+        if args.output:
+            with open(args.output, "w") as f:
+                f.write(table + "\n")
+        return 0
+    return bench.run(args)
 
 
 COMMANDS = {"info": _info, "data": _data, "train": _train, "eval": _eval, "plot": _plot, "bench": _bench}
