@@ -64,18 +64,8 @@ def active_isa(isa: str | None = None) -> str:
 
 def _as_input(name: str, t: torch.Tensor, shape=None):
     """A C-contiguous float32 CPU numpy view of ``t`` (a contiguous copy only if ``t`` is strided)."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
-        raise ValueError(f"{name} must be on the CPU for the native CPU core, got {t.device}")
-    if t.dtype != torch.float32:
-        raise TypeError(f"{name} must be float32 for the native CPU core, got {t.dtype}")
-    if shape is not None and tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    t = t.detach()
-    if not t.is_contiguous() or t.is_conj() or t.is_neg():
-        t = t.resolve_conj().resolve_neg().contiguous()
-    return t.numpy()
+    from mac._native import contiguous_float32
+    return contiguous_float32(name, t, "cpu", shape, core="native CPU").numpy()
 
 
 def net_arrays(name: str, net: Any, in_dim: int, out_dim: int) -> list[tuple]:

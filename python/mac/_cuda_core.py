@@ -62,18 +62,8 @@ def get_precision() -> str:
 
 def _check(name: str, t, device: torch.device, shape=None) -> torch.Tensor:
     """``t`` as a contiguous float32 tensor on ``device`` (a contiguous copy only if strided)."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device != device:
-        raise ValueError(f"{name} is on {t.device}, expected {device}")
-    if t.dtype != torch.float32:
-        raise TypeError(f"{name} must be float32 for the native CUDA core, got {t.dtype}")
-    if shape is not None and tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    t = t.detach()
-    if not t.is_contiguous() or t.is_conj() or t.is_neg():
-        t = t.resolve_conj().resolve_neg().contiguous()
-    return t
+    from mac._native import contiguous_float32
+    return contiguous_float32(name, t, device, shape, core="native CUDA")
 
 
 def _net_layers(name: str, net, in_dim: int, out_dim: int, device, keep: list) -> list[tuple]:

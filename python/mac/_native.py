@@ -114,6 +114,24 @@ def require_cpu_backend(states) -> None:
         raise TypeError(f"backend='cpu' needs float32 tensors, got {states.dtype}")
 
 
+def contiguous_float32(name: str, t, device, shape=None, core: str = "native"):
+    """``t`` as a detached, C-contiguous float32 tensor on ``device`` (a copy only if it is strided),
+    or a clear TypeError/ValueError. Shared by the CPU and CUDA cores' argument checks."""
+    import torch
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device != torch.device(device):
+        raise ValueError(f"{name} is on {t.device}, but the {core} core needs it on {device}")
+    if t.dtype != torch.float32:
+        raise TypeError(f"{name} must be float32 for the {core} core, got {t.dtype}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    t = t.detach()
+    if not t.is_contiguous() or t.is_conj() or t.is_neg():
+        t = t.resolve_conj().resolve_neg().contiguous()
+    return t
+
+
 def _core(backend: str):
     if backend == "cpu":
         from mac import _cpu_core
