@@ -232,7 +232,7 @@ def train(argv: list[str]) -> Path:
 def main(argv=None) -> int:
     try:
         train(list(sys.argv[1:] if argv is None else argv))
-    except (DatasetError, ValueError) as exc:
+    except (DatasetError, ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"mac train: error: {exc}", file=sys.stderr)
         return 2
     return 0
