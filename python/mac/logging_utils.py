@@ -63,15 +63,19 @@ def read_csv(path: Path) -> dict[str, list[float]]:
 
 
 class TensorBoard:
+    @staticmethod
+    def writer_class():
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise RuntimeError("--tensorboard needs the tensorboard package: "
+                               "pip install 'mac[tensorboard]'") from exc
+        return SummaryWriter
+
     def __init__(self, log_dir: Path | None):
         self.writer = None
         if log_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise RuntimeError("--tensorboard needs the tensorboard package: "
-                                   "pip install 'mac[tensorboard]'") from exc
-            self.writer = SummaryWriter(str(log_dir))
+            self.writer = self.writer_class()(str(log_dir))
 
     def write(self, prefix: str, row: dict, step: int) -> None:
         if self.writer is None:

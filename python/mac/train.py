@@ -132,6 +132,8 @@ def _run_eval(spec, agent, obs_norm, goal_norm, args, step, run_dir, elapsed) ->
 
 def train(argv: list[str]) -> Path:
     args, cfg, agent_flags = parse_train_args(argv)
+    if args.tensorboard:
+        TensorBoard.writer_class()  # fail before any work or any run directory is made
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
