@@ -147,6 +147,10 @@ def train(argv: list[str]) -> Path:
         if resume["env_name"] != spec.name and args.env_name != DEFAULT_ENV:
             raise SystemExit(f"checkpoint is for {resume['env_name']!r}, not {spec.name!r}")
         spec = parse_env_name(resume["env_name"])
+        # The data must be the run's own: unless --dataset_dir is given, take the run's.
+        flags_path = Path(resume["path"]).parent.parent / "flags.json"
+        if args.dataset_dir == DEFAULT_DATASET_DIR and flags_path.is_file():
+            args.dataset_dir = json.loads(flags_path.read_text())["args"]["dataset_dir"]
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
