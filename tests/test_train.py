@@ -82,3 +82,15 @@ def test_train_flag_errors(tiny_cube_dir, tmp_path, capsys):
     run_train(tiny_cube_dir, tmp_path, "dup", 1, *TINY)
     with pytest.raises(SystemExit, match="already holds a run"):
         run_train(tiny_cube_dir, tmp_path, "dup", 1, *TINY)
+
+
+def test_goal_conditioned_training_and_per_task_eval(tiny_cube_dir, tmp_path):
+    from mac.train import train
+    run = train(["--env_name", "cube-single-play-oraclerep-v0", "--dataset_dir", str(tiny_cube_dir),
+                 "--save_dir", str(tmp_path), "--run_name", "goal", "--offline_steps", "2",
+                 "--log_interval", "1", "--eval_episodes", "1", "--no_progress", *TINY])
+    header, row = _rows(run / "eval.csv")
+    assert [f"task{k}_success" for k in range(1, 6)] == [h for h in header if h.startswith("task")]
+    assert row[header.index("episodes")] == "5"
+    ck = load_checkpoint(run)
+    assert ck["dims"][2] == 3 and ck["goal_norm"] is not None        # oracle rep: cube xyz
