@@ -71,36 +71,9 @@ def _as_input(name: str, t: torch.Tensor, shape=None):
 def net_arrays(name: str, net: Any, in_dim: int, out_dim: int) -> list[tuple]:
     """The layers of ``net`` as (weight, bias, norm_weight, norm_bias) numpy views (None norms for
     the head), checked against the sizes this call needs."""
-    if not isinstance(net, MLP):
-        raise TypeError(f"{name} must be a mac.nets.MLP, got {type(net).__name__}")
-    if net.in_dim != in_dim or net.out_dim != out_dim:
-        raise ValueError(f"{name} maps {net.in_dim} -> {net.out_dim}, but these inputs need "
-                         f"{in_dim} -> {out_dim}")
-    layers = net.dense_layers()
-    out = []
-    prev = in_dim
-    for i, layer in enumerate(layers):
-        lname = f"{name}.layer{i}"
-        head = i == len(layers) - 1
-        w = layer.weight
-        if w.dim() != 2 or w.shape[1] != prev:
-            raise ValueError(f"{lname}.weight must have shape (out, {prev}), got {tuple(w.shape)}")
-        n_out = w.shape[0]
-        arrays = [_as_input(f"{lname}.weight", w), _as_input(f"{lname}.bias", layer.bias, (n_out,))]
-        if head:
-            if layer.norm_weight is not None or layer.norm_bias is not None:
-                raise ValueError(f"{lname} is the head and must have no LayerNorm")
-            arrays += [None, None]
-        else:
-            if layer.norm_weight is None or layer.norm_bias is None:
-                raise ValueError(f"{lname} is a hidden layer and needs LayerNorm parameters")
-            arrays += [_as_input(f"{lname}.norm_weight", layer.norm_weight, (n_out,)),
-                       _as_input(f"{lname}.norm_bias", layer.norm_bias, (n_out,))]
-        out.append(tuple(arrays))
-        prev = n_out
-    if prev != out_dim:
-        raise ValueError(f"{name} outputs {prev} features, expected {out_dim}")
-    return out
+    from mac._native import checked_layers
+    return [tuple(None if t is None else t.numpy() for t in layer)
+            for layer in checked_layers(name, net, in_dim, out_dim, "cpu", core="native CPU")]
 
 
 def _isa_arg(isa):

@@ -68,38 +68,15 @@ def _check(name: str, t, device: torch.device, shape=None) -> torch.Tensor:
 
 def _net_layers(name: str, net, in_dim: int, out_dim: int, device, keep: list) -> list[tuple]:
     """(weight, bias, norm_weight, norm_bias, in, out) per layer as data pointers (None norms for the
-    head), checked against the sizes this call needs; contiguous copies (rare) go to ``keep``."""
-    if not isinstance(net, MLP):
-        raise TypeError(f"{name} must be a mac.nets.MLP, got {type(net).__name__}")
-    if net.in_dim != in_dim or net.out_dim != out_dim:
-        raise ValueError(f"{name} maps {net.in_dim} -> {net.out_dim}, but these inputs need {in_dim} -> {out_dim}")
-    layers = net.dense_layers()
+    head), checked against the sizes this call needs; the tensors (copies, if strided) go to ``keep``."""
+    from mac._native import checked_layers
     out, prev = [], in_dim
-    for i, layer in enumerate(layers):
-        lname = f"{name}.layer{i}"
-        head = i == len(layers) - 1
-        w = layer.weight
-        if w.dim() != 2 or w.shape[1] != prev:
-            raise ValueError(f"{lname}.weight must have shape (out, {prev}), got {tuple(w.shape)}")
+    for w, b, gw, gb in checked_layers(name, net, in_dim, out_dim, device, core="native CUDA"):
+        keep += [t for t in (w, b, gw, gb) if t is not None]
         n_out = int(w.shape[0])
-        w = _check(f"{lname}.weight", w, device)
-        b = _check(f"{lname}.bias", layer.bias, device, (n_out,))
-        keep += [w, b]
-        if head:
-            if layer.norm_weight is not None or layer.norm_bias is not None:
-                raise ValueError(f"{lname} is the head and must have no LayerNorm")
-            gw = gb = None
-        else:
-            if layer.norm_weight is None or layer.norm_bias is None:
-                raise ValueError(f"{lname} is a hidden layer and needs LayerNorm parameters")
-            gw = _check(f"{lname}.norm_weight", layer.norm_weight, device, (n_out,))
-            gb = _check(f"{lname}.norm_bias", layer.norm_bias, device, (n_out,))
-            keep += [gw, gb]
         out.append((w.data_ptr(), b.data_ptr(), None if gw is None else gw.data_ptr(),
                     None if gb is None else gb.data_ptr(), prev, n_out))
         prev = n_out
-    if prev != out_dim:
-        raise ValueError(f"{name} outputs {prev} features, expected {out_dim}")
     return out
 
 

@@ -132,6 +132,41 @@ def contiguous_float32(name: str, t, device, shape=None, core: str = "native"):
     return t
 
 
+def checked_layers(name: str, net, in_dim: int, out_dim: int, device, core: str = "native") -> list[tuple]:
+    """The layers of ``net`` as (weight, bias, norm_weight, norm_bias) contiguous float32 tensors on
+    ``device`` (None norms for the head), checked against the sizes this call needs."""
+    from mac.nets import MLP
+    if not isinstance(net, MLP):
+        raise TypeError(f"{name} must be a mac.nets.MLP, got {type(net).__name__}")
+    if net.in_dim != in_dim or net.out_dim != out_dim:
+        raise ValueError(f"{name} maps {net.in_dim} -> {net.out_dim}, but these inputs need "
+                         f"{in_dim} -> {out_dim}")
+    layers = net.dense_layers()
+    out, prev = [], in_dim
+    for i, layer in enumerate(layers):
+        lname = f"{name}.layer{i}"
+        w = layer.weight
+        if w.dim() != 2 or w.shape[1] != prev:
+            raise ValueError(f"{lname}.weight must have shape (out, {prev}), got {tuple(w.shape)}")
+        n_out = int(w.shape[0])
+        tensors = [contiguous_float32(f"{lname}.weight", w, device, core=core),
+                   contiguous_float32(f"{lname}.bias", layer.bias, device, (n_out,), core)]
+        if i == len(layers) - 1:
+            if layer.norm_weight is not None or layer.norm_bias is not None:
+                raise ValueError(f"{lname} is the head and must have no LayerNorm")
+            tensors += [None, None]
+        else:
+            if layer.norm_weight is None or layer.norm_bias is None:
+                raise ValueError(f"{lname} is a hidden layer and needs LayerNorm parameters")
+            tensors += [contiguous_float32(f"{lname}.norm_weight", layer.norm_weight, device, (n_out,), core),
+                        contiguous_float32(f"{lname}.norm_bias", layer.norm_bias, device, (n_out,), core)]
+        out.append(tuple(tensors))
+        prev = n_out
+    if prev != out_dim:
+        raise ValueError(f"{name} outputs {prev} features, expected {out_dim}")
+    return out
+
+
 def _core(backend: str):
     if backend == "cpu":
         from mac import _cpu_core
