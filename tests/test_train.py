@@ -50,6 +50,37 @@ def test_resume_continues_the_same_curve(tiny_cube_dir, tmp_path):
     assert (half / "flags.json").is_file()
 
 
+def test_ctrl_c_finishes_the_step_saves_and_resumes_the_same_curve(tiny_cube_dir, tmp_path, monkeypatch):
+    import signal
+
+    from mac.agent import MACAgent
+    from mac.train import TrainingInterrupted, main
+
+    straight = run_train(tiny_cube_dir, tmp_path, "straight", 6, *TINY)
+    update, calls = MACAgent.update, []
+
+    def update_then_ctrl_c(self, batch):
+        calls.append(1)
+        if len(calls) == 4:                     # SIGINT arrives in the middle of step 4
+            signal.raise_signal(signal.SIGINT)
+        return update(self, batch)
+
+    monkeypatch.setattr(MACAgent, "update", update_then_ctrl_c)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted) as stop:
+        run_train(tiny_cube_dir, tmp_path, "cut", 6, *TINY)
+    assert signal.getsignal(signal.SIGINT) is handler          # the handler is restored
+    assert stop.value.step == 4 and len(calls) == 4
+    assert [p.name for p in list_checkpoints(stop.value.run_dir / "checkpoints")][-1] == "ckpt_000000004.pt"
+    assert len(_rows(stop.value.run_dir / "train.csv")) == 1 + 4
+    monkeypatch.setattr(MACAgent, "update", update)
+    assert main(["--restore_path", str(stop.value.run_dir), "--offline_steps", "6", "--no_progress",
+                 "--eval_interval", "0", "--eval_episodes", "1", "--log_interval", "1"]) == 0
+    a, b = load_checkpoint(straight)["agent"], load_checkpoint(stop.value.run_dir)["agent"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
 def test_checkpoints_keep_last_k_and_reject_pickles(tmp_path):
     for step in range(1, 6):
         save_checkpoint(tmp_path, step, {"x": torch.ones(1) * step}, keep=2)

@@ -135,7 +135,11 @@ def _evaluate(spec, policy, num_episodes, seed, workers, video_episodes, video_p
         import multiprocessing as mp
         blocks = [episodes[i::workers] for i in range(workers)]
         state = policy_state(policy)
-        with mp.get_context("spawn").Pool(workers) as pool:
+        # Workers ignore Ctrl-C: the terminal sends it to the whole process group, and training
+        # decides in the main process whether to finish the evaluation and save (mac.train).
+        import signal
+        with mp.get_context("spawn").Pool(workers, initializer=signal.signal,
+                                          initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
             for part in pool.starmap(_run_block, [(spec.name, state, b) for b in blocks if b]):
                 results.extend(part)
     elif episodes:

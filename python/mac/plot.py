@@ -24,7 +24,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
             axes[0].plot(ev["step"], ev[k], alpha=0.5, label=k.replace("_success", ""))
         axes[0].plot(ev["step"], ev["success"], "k-o", label="overall")
         axes[1].plot([t / 60 for t in ev["time_s"]], ev["success"], "k-o")
-    for ax, xl in ((axes[0], "gradient steps"), (axes[1], "training wall time (min)")):
+    for ax, xl in ((axes[0], "gradient steps"), (axes[1], "training time (min, evaluations excluded)")):
         ax.set(xlabel=xl, ylabel="success rate", ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)

@@ -11,7 +11,9 @@ import argparse
 import json
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +32,38 @@ from mac.logging_utils import CsvLog, TensorBoard
 DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
 DEFAULT_DATASET_DIR = "~/.ogbench/data"
 EVAL_SEED_OFFSET = 10_000
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped training after ``step``; a checkpoint of that step was saved in ``run_dir``."""
+
+    def __init__(self, run_dir: Path, step: int):
+        super().__init__(f"interrupted at step {step}; checkpoint saved in {run_dir / 'checkpoints'}")
+        self.run_dir, self.step = run_dir, step
+
+
+class _DeferredInterrupt:
+    """The first SIGINT only sets ``requested`` so the loop can finish the step it is in (an
+    interrupted optimiser step would leave half-updated parameters) and save; a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():   # signals only reach the main thread
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+        print("\n[mac] Ctrl-C: finishing this step and saving a checkpoint (press again to abort "
+              "without saving)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def add_arguments(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None:
@@ -206,25 +240,30 @@ def train(argv: list[str]) -> Path:
                total=args.offline_steps, desc="train", disable=args.no_progress, dynamic_ncols=True)
     last_eval = None
     t0 = time.perf_counter()
-    for step in bar:
-        info = agent.update(_to_torch(sampler.sample(cfg.batch_size), device))
-        now = time.perf_counter()
-        elapsed += now - t0
-        t0 = now
-        if step % args.log_interval == 0:
-            row = {"step": step, "time_s": round(elapsed, 3), **info}
-            train_log.write(row)
-            tb.write("train", row, step)
-            bar.set_postfix(loss=f"{info['loss/total']:.3g}", refresh=False)
-        if (args.eval_interval and step % args.eval_interval == 0) or step == args.offline_steps:
-            last_eval = _run_eval(spec, agent, obs_norm, goal_norm, args, step, run_dir, elapsed)
-            eval_log.write(last_eval)
-            tb.write("eval", last_eval, step)
-            bar.write(f"[mac] step {step}: success {last_eval['success']:.3f} "
-                      f"({last_eval['episodes']} episodes)")
-            t0 = time.perf_counter()  # evaluation time is not training time
-        if step % args.save_interval == 0 or step == args.offline_steps:
-            checkpoint(step)
+    with _DeferredInterrupt() as interrupt:
+        for step in bar:
+            info = agent.update(_to_torch(sampler.sample(cfg.batch_size), device))
+            now = time.perf_counter()
+            elapsed += now - t0
+            t0 = now
+            if step % args.log_interval == 0:
+                row = {"step": step, "time_s": round(elapsed, 3), **info}
+                train_log.write(row)
+                tb.write("train", row, step)
+                bar.set_postfix(loss=f"{info['loss/total']:.3g}", refresh=False)
+            if (args.eval_interval and step % args.eval_interval == 0) or step == args.offline_steps:
+                last_eval = _run_eval(spec, agent, obs_norm, goal_norm, args, step, run_dir, elapsed)
+                eval_log.write(last_eval)
+                tb.write("eval", last_eval, step)
+                bar.write(f"[mac] step {step}: success {last_eval['success']:.3f} "
+                          f"({last_eval['episodes']} episodes)")
+                t0 = time.perf_counter()  # evaluation time is not training time
+            if step % args.save_interval == 0 or step == args.offline_steps or interrupt.requested:
+                checkpoint(step)
+            if interrupt.requested:
+                bar.close()
+                tb.close()
+                raise TrainingInterrupted(run_dir, step)
     bar.close()
     tb.close()
     print(f"[mac] run directory: {run_dir}")
@@ -238,6 +277,10 @@ def train(argv: list[str]) -> Path:
 def main(argv=None) -> int:
     try:
         train(list(sys.argv[1:] if argv is None else argv))
+    except TrainingInterrupted as stop:
+        print(f"[mac] {stop}\n[mac] continue with: mac train --restore_path {stop.run_dir} "
+              "[--offline_steps N]", file=sys.stderr)
+        return 130
     except (DatasetError, ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"mac train: error: {exc}", file=sys.stderr)
         return 2
