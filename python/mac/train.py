@@ -261,11 +261,11 @@ def train(argv: list[str]) -> Path:
             if step % args.save_interval == 0 or step == args.offline_steps or interrupt.requested:
                 checkpoint(step)
             if interrupt.requested:
-                bar.close()
-                tb.close()
-                raise TrainingInterrupted(run_dir, step)
+                break
     bar.close()
     tb.close()
+    if interrupt.requested:
+        raise TrainingInterrupted(run_dir, step)
     print(f"[mac] run directory: {run_dir}")
     print(f"[mac]   logs: {run_dir / 'train.csv'}, {run_dir / 'eval.csv'}; checkpoints: {run_dir / 'checkpoints'}")
     if last_eval is not None:
