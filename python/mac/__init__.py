@@ -6,6 +6,11 @@ PyTorch owns parameters, autograd and the optimiser; the native core (``mac._C``
 
 __version__ = "0.1.0"
 
+# First, before anything can import mujoco: see _llvm_isolation for the crash this prevents.
+from mac._llvm_isolation import isolate_triton_llvm as _isolate_triton_llvm  # noqa: E402
+
+_isolate_triton_llvm()
+
 from mac._native import info  # noqa: E402
 
 __all__ = ["info", "__version__"]

@@ -58,7 +58,7 @@ def info() -> dict[str, Any]:
     import numpy
     import torch
 
-    from mac import __version__
+    from mac import __version__, _llvm_isolation
 
     out: dict[str, Any] = {
         "mac": __version__,
@@ -78,6 +78,7 @@ def info() -> dict[str, Any]:
     out["cuda_status"] = cuda_status()
     out["torch_cuda_available"] = torch.cuda.is_available()
     out["torch_threads"] = torch.get_num_threads()
+    out["triton_llvm"] = _llvm_isolation.status
     return out
 
 

@@ -24,10 +24,14 @@ def _info(argv) -> int:
 def _data(argv) -> int:
     p = argparse.ArgumentParser(prog="mac data", description="dataset tools")
     sub = p.add_subparsers(dest="cmd", required=True)
-    from mac.data import generate
+    from mac.data import download, generate
     g = sub.add_parser("generate", help="generate an OGBench-format dataset locally with the scripted oracles")
     generate.add_arguments(g)
+    d = sub.add_parser("download", help="download the official OGBench dataset files")
+    download.add_arguments(d)
     args = p.parse_args(argv)
+    if args.cmd == "download":
+        return download.run(args)
     return generate.run(args)
 
 
@@ -87,6 +91,7 @@ def main(argv=None) -> int:
         print("usage: mac {" + ",".join(COMMANDS) + "} ...\n\n"
               "  info            what was compiled (CPU ISA, OpenMP, CUDA) and what is usable now\n"
               "  data generate   make an OGBench-format dataset locally\n"
+              "  data download   download the official OGBench dataset files\n"
               "  train           train MAC (no arguments: a small local cube-single demo)\n"
               "  eval            evaluate a checkpoint\n"
               "  plot            learning curve of a run directory -> PNG\n"

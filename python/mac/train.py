@@ -2,7 +2,8 @@
 
 Flag names follow the authors' command lines (``--env_name``, ``--offline_steps``,
 ``--agent.chunk_len=10`` ...). A run directory holds ``flags.json``, ``train.csv``, ``eval.csv``
-(append-only), ``checkpoints/ckpt_<step>.pt`` (atomic, last K kept) and optional TensorBoard files.
+(append-only), ``checkpoints/ckpt_<step>.pt`` (atomic, last K kept) and optional TensorBoard and
+Weights & Biases (``--wandb``) files.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from mac.config import AgentConfig, apply_agent_flags, goal_mixture, preset
 from mac.data import ChunkSampler, DatasetError, Normalizer, load_offline_data, parse_env_name
 from mac.data.files import find_dataset_files
 from mac.evaluate import Policy, evaluate, make_env
-from mac.logging_utils import CsvLog, TensorBoard
+from mac.logging_utils import CsvLog, Loggers, TensorBoard, WandbLog
 
 DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
 DEFAULT_DATASET_DIR = "~/.ogbench/data"
@@ -86,12 +87,21 @@ def add_arguments(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--restore_path", default=None, help="run directory or checkpoint to resume from")
     p.add_argument("--tensorboard", action="store_true")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log to Weights & Biases (pip install 'mac[wandb]'); files in <run>/wandb")
+    p.add_argument("--wandb_project", default="mac")
+    p.add_argument("--wandb_group", default=None)
+    p.add_argument("--wandb_name", default=None, help="default: the run directory's name")
+    p.add_argument("--wandb_mode", default=None, choices=["online", "offline", "disabled"],
+                   help="default: wandb's own (WANDB_MODE, else online)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:k]")
     p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads (0: torch default)")
     p.add_argument("--generate_episodes", type=int, default=100,
                    help="if the dataset is missing from the default --dataset_dir, generate this many "
                         "episodes locally first (0: never generate, error instead)")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--no_download", action="store_true",
+                   help="never try to download the official files")
 
 
 def parse_train_args(argv: list[str]) -> tuple[argparse.Namespace, AgentConfig, list[str]]:
@@ -125,18 +135,40 @@ def resolve_device(name: str) -> torch.device:
 
 
 def ensure_dataset(args, spec) -> None:
-    """Generate a small local dataset when none is found in the default location."""
+    """When the dataset is missing from the default location: download the official files, or,
+    if that fails (offline) or --no_download is given, generate a small local dataset."""
     try:
         find_dataset_files(spec.dataset_name, args.dataset_dir)
         return
-    except DatasetError:
+    except DatasetError as exc:
         explicit = os.path.expanduser(args.dataset_dir) != os.path.expanduser(DEFAULT_DATASET_DIR)
-        if explicit or args.generate_episodes == 0:
+        if explicit:
             raise
+        missing = exc
+    failure = None
+    if not getattr(args, "no_download", False):
+        from mac.data.download import download_dataset
+        try:
+            download_dataset(spec.dataset_name, args.dataset_dir, progress=not args.no_progress)
+            return
+        except DatasetError as exc:  # DownloadError: offline, HTTP error, bad file
+            failure = exc
+    if args.generate_episodes == 0:
+        if failure is not None:
+            raise DatasetError(f"dataset {spec.dataset_name} not found in {args.dataset_dir} and the "
+                               f"official download failed: {failure}") from failure
+        raise missing
     from mac.data.generate import generate_dataset
-    print(f"[mac] dataset {spec.dataset_name} not found in {args.dataset_dir}: generating "
-          f"{args.generate_episodes} episodes locally with OGBench's scripted oracle (the official "
-          "dataset has 1000; pass --dataset_dir to use your own files)", flush=True)
+    if failure is not None:
+        print(f"[mac] the official download of {spec.dataset_name} failed ({failure}); generating "
+              f"{args.generate_episodes} episodes locally instead with OGBench's scripted oracle into "
+              f"{args.dataset_dir} (the official dataset has 1000). Numbers from generated data are "
+              "NOT comparable with published OGBench results; delete the generated files to retry "
+              "the download, or use --no_download to skip it", file=sys.stderr, flush=True)
+    else:
+        print(f"[mac] dataset {spec.dataset_name} not found in {args.dataset_dir}: generating "
+              f"{args.generate_episodes} episodes locally with OGBench's scripted oracle (the official "
+              "dataset has 1000; pass --dataset_dir to use your own files)", flush=True)
     workers = max(1, min(os.cpu_count() or 1, 4))
     generate_dataset(spec.dataset_name, args.generate_episodes, os.path.expanduser(args.dataset_dir),
                      workers=workers, seed=args.seed, progress=not args.no_progress)
@@ -164,10 +196,20 @@ def _run_eval(spec, agent, obs_norm, goal_norm, args, step, run_dir, elapsed) ->
     return {"step": step, "time_s": round(elapsed, 3), **res}
 
 
+def _wandb_log(args, run_dir: Path) -> WandbLog:
+    # The W&B config is the run's own flags.json: the same on every resume of the run.
+    flags = run_dir / "flags.json"
+    config = json.loads(flags.read_text()) if flags.is_file() else {"args": vars(args)}
+    return WandbLog(run_dir, project=args.wandb_project, group=args.wandb_group,
+                    name=args.wandb_name, mode=args.wandb_mode, config=config)
+
+
 def train(argv: list[str]) -> Path:
     args, cfg, agent_flags = parse_train_args(argv)
     if args.tensorboard:
         TensorBoard.writer_class()  # fail before any work or any run directory is made
+    if args.wandb:
+        WandbLog.module()           # likewise
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -224,7 +266,8 @@ def train(argv: list[str]) -> Path:
             "device": str(device), "mac_info": mac.info()}, indent=2, default=str))
 
     train_log, eval_log = CsvLog(run_dir / "train.csv"), CsvLog(run_dir / "eval.csv")
-    tb = TensorBoard(run_dir / "tb" if args.tensorboard else None)
+    loggers = Loggers(TensorBoard(run_dir / "tb" if args.tensorboard else None),
+                      _wandb_log(args, run_dir) if args.wandb else None)
 
     def checkpoint(step):
         save_checkpoint(run_dir, step, {
@@ -249,12 +292,12 @@ def train(argv: list[str]) -> Path:
             if step % args.log_interval == 0:
                 row = {"step": step, "time_s": round(elapsed, 3), **info}
                 train_log.write(row)
-                tb.write("train", row, step)
+                loggers.write("train", row, step)
                 bar.set_postfix(loss=f"{info['loss/total']:.3g}", refresh=False)
             if (args.eval_interval and step % args.eval_interval == 0) or step == args.offline_steps:
                 last_eval = _run_eval(spec, agent, obs_norm, goal_norm, args, step, run_dir, elapsed)
                 eval_log.write(last_eval)
-                tb.write("eval", last_eval, step)
+                loggers.write("eval", last_eval, step)
                 bar.write(f"[mac] step {step}: success {last_eval['success']:.3f} "
                           f"({last_eval['episodes']} episodes)")
                 t0 = time.perf_counter()  # evaluation time is not training time
@@ -263,7 +306,7 @@ def train(argv: list[str]) -> Path:
             if interrupt.requested:
                 break
     bar.close()
-    tb.close()
+    loggers.close()
     if interrupt.requested:
         raise TrainingInterrupted(run_dir, step)
     print(f"[mac] run directory: {run_dir}")
