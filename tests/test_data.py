@@ -113,14 +113,16 @@ episode_lengths = st.lists(st.integers(1, 30), min_size=1, max_size=8)
 
 
 @settings(max_examples=60, deadline=None)
-@given(lengths=episode_lengths, h=st.integers(1, 12), seed=st.integers(0, 2 ** 16))
-def test_chunks_never_cross_episode_ends(lengths, h, seed):
+@given(lengths=episode_lengths, h=st.integers(1, 12), seed=st.integers(0, 2 ** 16),
+       chunk_reward=st.sampled_from(["sum", "mean"]), termination=st.booleans())
+def test_chunks_never_cross_episode_ends(lengths, h, seed, chunk_reward, termination):
     data = _reward_data(lengths, seed)
     if max(lengths) - 1 < h:
         with pytest.raises(DatasetError, match="longer than every trajectory"):
             ChunkSampler(data, h, 0.99, seed=seed)
         return
-    s = ChunkSampler(data, h, 0.99, seed=seed)
+    s = ChunkSampler(data, h, 0.99, seed=seed, chunk_reward=chunk_reward,
+                     reward_task_termination=termination)
     b = s.sample(64)
     t = b["idxs"]
     ep = np.searchsorted(data.episode_ends, t)          # episode containing row t
@@ -129,11 +131,12 @@ def test_chunks_never_cross_episode_ends(lengths, h, seed):
     np.testing.assert_array_equal(b["observations"][:, 0], t)                 # row ids
     np.testing.assert_array_equal(b["next_observations"][:, 0], t + h)        # true state h later
     expected_actions = np.stack([data.actions[t + i] for i in range(h)], axis=1).reshape(64, -1)
-    np.testing.assert_array_equal(b["actions"], expected_actions)             # time-major flattening
+    np.testing.assert_array_equal(b["actions"], np.clip(expected_actions, -1 + 1e-5, 1 - 1e-5))  # time-major
     w = 0.99 ** np.arange(h)
-    exp_r = np.array([np.dot(data.rewards[i:i + h], w) for i in t])
+    exp_r = np.array([np.dot(data.rewards[i:i + h], w) for i in t]) / (h if chunk_reward == "mean" else 1)
     np.testing.assert_allclose(b["rewards"], exp_r, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(b["masks"], [data.masks[i:i + h].min() for i in t])
+    exp_m = [data.masks[i:i + h].min() for i in t] if termination else np.ones(64)
+    np.testing.assert_array_equal(b["masks"], exp_m)
 
 
 @settings(max_examples=25, deadline=None)

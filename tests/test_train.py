@@ -125,3 +125,36 @@ def test_goal_conditioned_training_and_per_task_eval(tiny_cube_dir, tmp_path):
     assert row[header.index("episodes")] == "5"
     ck = load_checkpoint(run)
     assert ck["dims"][2] == 3 and ck["goal_norm"] is not None        # oracle rep: cube xyz
+
+
+def test_resume_keeps_the_runs_flags(tiny_cube_dir, tmp_path, capsys):
+    from mac.train import train
+    # A 3-step run (log every step; evaluated at its end with 2 episodes), then resumed without flags.
+    run = run_train(tiny_cube_dir, tmp_path, "short", 3, *TINY, "--eval_episodes", "2")
+    assert len(_rows(run / "eval.csv")) == 1 + 1
+    capsys.readouterr()
+    assert train(["--restore_path", str(run), "--no_progress"]) == run
+    out = capsys.readouterr().out
+    assert load_checkpoint(run)["step"] == 3                       # not towards the default 5000
+    assert len(_rows(run / "train.csv")) == 1 + 3 and len(_rows(run / "eval.csv")) == 1 + 1
+    taken = next(line for line in out.splitlines() if "from the run's flags.json" in line)
+    assert "offline_steps=3" in taken and "eval_episodes=2" in taken and "seed=3" in taken
+    assert "nothing to train" in out
+    # An explicit flag overrides the run's; the others (log_interval 1, eval_episodes 2, seed 3) stay.
+    assert train(["--restore_path", str(run), "--offline_steps", "5", "--no_progress"]) == run
+    ck = load_checkpoint(run)
+    assert ck["step"] == 5 and ck["seed"] == 3
+    rows = _rows(run / "train.csv")
+    assert [r[0] for r in rows[1:]] == ["1", "2", "3", "4", "5"]    # log_interval 1 reused
+    header, *evals = _rows(run / "eval.csv")
+    assert [e[header.index("step")] for e in evals] == ["3", "5"]
+    assert evals[-1][header.index("episodes")] == "2"              # the recorded --eval_episodes
+
+
+def test_given_flags_are_the_ones_on_the_command_line():
+    from mac.train import NOT_FROM_RUN, _given_flags
+    assert _given_flags([]) == set()
+    assert _given_flags(["--offline_steps", "3", "--tensorboard", "--dataset_dir=/x"]) == \
+        {"offline_steps", "tensorboard", "dataset_dir"}
+    assert _given_flags(["--seed", "0"]) == {"seed"}               # given, even if equal to the default
+    assert {"restore_path", "run_name", "save_dir"} <= NOT_FROM_RUN

@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import glob
 import importlib
+import os
 import platform
+import shutil
 from typing import Any
 
 
@@ -33,6 +36,26 @@ def require_cpu_ext():
     return cpu_ext
 
 
+NO_CUDA_DEVICE = ("no CUDA device (the CUDA kernels are built; they run where an NVIDIA GPU and "
+                  "driver are present)")
+# What the CUDA runtime says when no device is visible: with no NVIDIA driver installed at all,
+# cudaGetDeviceCount fails with cudaErrorInsufficientDriver, whose text misleadingly blames the
+# driver's version; cudaErrorNoDevice; and our own wording for a count of 0 (cuda/device_query.cu).
+_NO_DEVICE_ERRORS = ("CUDA driver version is insufficient", "no CUDA-capable device", "no CUDA device found")
+
+
+def nvidia_device_visible() -> bool:
+    """Whether this machine shows any sign of an NVIDIA GPU: a /dev/nvidia<k> (or WSL's /dev/dxg)
+    device node, nvidia-smi on PATH (installed with the driver), or a CUDA device torch counts."""
+    if glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg") or shutil.which("nvidia-smi"):
+        return True
+    try:
+        import torch
+        return torch.cuda.device_count() > 0
+    except Exception:  # noqa: BLE001 (no torch, or torch's CUDA initialisation failing)
+        return False
+
+
 def cuda_status() -> dict[str, Any]:
     """Whether the CUDA kernels can run now; ``reason`` says why not."""
     if cuda_ext is None:
@@ -42,6 +65,11 @@ def cuda_status() -> dict[str, Any]:
                 else f"CUDA extension failed to import: {cuda_import_error}"}
     status = dict(cuda_ext.device_status())
     status["built"] = True
+    reason = str(status.get("reason") or "")
+    if (not status["usable"] and not status.get("device_count")
+            and any(e in reason for e in _NO_DEVICE_ERRORS) and not nvidia_device_visible()):
+        # No GPU here at all: say so. (With a device present, an old driver's message is kept.)
+        status["reason"] = NO_CUDA_DEVICE
     if status["usable"]:
         try:
             import torch

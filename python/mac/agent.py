@@ -12,11 +12,22 @@ from mac.nets import MLP
 
 
 def discounted_returns(rewards: torch.Tensor, masks: torch.Tensor, bootstrap: torch.Tensor,
-                       chunk_discount: float) -> torch.Tensor:
-    """G_H = bootstrap; G_k = r_k + gamma_chunk * m_k * G_{k+1}. rewards, masks (H, B) -> (H, B)."""
+                       chunk_discount: float, lam: float = 1.0,
+                       next_values: torch.Tensor | None = None) -> torch.Tensor:
+    """Lambda-returns over an imagined trajectory. rewards, masks (H, B) -> (H, B).
+
+    G_{H-1} = r_{H-1} + gamma m_{H-1} bootstrap;
+    G_k = r_k + gamma m_k ((1 - lam) V(s_{k+1}) + lam G_{k+1}), with ``next_values[k]`` = V(s_{k+1})
+    (k < H-1; needed only when lam < 1). This is the authors' GAE (returns = values + advantages,
+    agents/mac.py compute_gae) written without the values that cancel; with lam = 1 it is
+    G_k = r_k + gamma m_k G_{k+1}, computed exactly as before lam existed (bitwise)."""
+    if lam != 1.0 and next_values is None and rewards.shape[0] > 1:
+        raise ValueError("lam < 1 needs next_values = V(s_{k+1}) for k < H - 1")
     out = torch.empty_like(rewards)
     g = bootstrap
     for k in range(rewards.shape[0] - 1, -1, -1):
+        if lam != 1.0 and k < rewards.shape[0] - 1:
+            g = (1.0 - lam) * next_values[k] + lam * g
         g = rewards[k] + chunk_discount * masks[k] * g
         out[k] = g
     return out
@@ -39,15 +50,21 @@ class MACAgent(torch.nn.Module):
         self.config = config.validate()
         self.obs_dim, self.action_dim, self.goal_dim = obs_dim, action_dim, goal_dim
         self.chunk_dim = C = config.chunk_len * action_dim
-        S, G, hd = obs_dim, goal_dim, config.hidden_dims
+        S, G = obs_dim, goal_dim
         self.goal_conditioned = goal_dim > 0
-        self.dynamics = MLP(S + C, S, hd)
-        self.reward = None if self.goal_conditioned else MLP(S + C, 1, hd)
-        self.success = MLP(S + G + C, 1, hd)
-        self.flow_actor = MLP(S + G + C + 1, C, hd)
-        self.actor = MLP(S + G + C, C, hd)
-        self.value = MLP(S + G, 1, hd)
-        self.critic = MLP(S + G + C, 1, hd)
+        if config.value_loss == "bce" and not self.goal_conditioned:
+            raise ValueError("agent.value_loss=bce is for goal tasks only: the BCE targets are the imagined "
+                             "returns clipped to [0, 1], and reward-task returns are <= 0 (all targets 0)")
+        ln = config.layer_norm
+        # The authors' grouping: the critic, reward and success nets take dynamics_hidden_dims.
+        ha, hv, hm = (config.net_hidden_dims(g) for g in ("actor", "value", "dynamics"))
+        self.dynamics = MLP(S + C, S, hm, ln)
+        self.reward = None if self.goal_conditioned else MLP(S + C, 1, hm, ln)
+        self.success = MLP(S + G + C, 1, hm, ln)
+        self.flow_actor = MLP(S + G + C + 1, C, ha, ln)
+        self.actor = MLP(S + G + C, C, ha, ln)
+        self.value = MLP(S + G, 1, hv, ln)
+        self.critic = MLP(S + G + C, 1, hm, ln)
         self.target_value = copy.deepcopy(self.value).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=config.lr)
 
@@ -97,23 +114,47 @@ class MACAgent(torch.nn.Module):
             num_samples=num_samples or cfg.num_samples_train,
             backend=backend or cfg.rollout_backend)
 
+    def _v(self, net: MLP, states: torch.Tensor, goals: torch.Tensor | None) -> torch.Tensor:
+        """The value of ``net`` (value or target) as a number: the head, or sigmoid(head) with
+        value_loss=bce. states (..., S), goals (B, G) broadcast over leading dims."""
+        if goals is not None and states.dim() == 3:
+            goals = goals.unsqueeze(0).expand(states.shape[0], -1, -1)
+        out = net(self._cat(states, goals)).squeeze(-1)
+        return torch.sigmoid(out) if self.config.value_loss == "bce" else out
+
+    def _regression(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """mse, or (value_loss=bce) BCE of the logit ``pred`` to ``target`` clipped to [0, 1] (the authors')."""
+        if self.config.value_loss == "bce":
+            return F.binary_cross_entropy_with_logits(pred, target.clamp(0.0, 1.0))
+        return F.mse_loss(pred, target)
+
     def value_losses(self, batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        Br = self.config.rollout_batch
+        cfg = self.config
+        Br = cfg.rollout_batch
         s0 = batch["observations"][:Br]
         g = batch.get("value_goals")
         g = g[:Br] if g is not None else None
         ro = self.imagine(s0, g)                                            # no gradient inside
-        H = self.config.rollout_steps
+        H = cfg.rollout_steps
+        rewards = ro.rewards
+        if self.goal_conditioned and not cfg.gc_negative:
+            rewards = rewards + 1.0     # success - 1 -> success (exact: both are 0/1 valued)
+        # The authors bootstrap with the target value (target_network=True) or the current one.
+        boot_net = self.target_value if cfg.target_network else self.value
         with torch.no_grad():
-            bootstrap = self.target_value(self._cat(ro.states[H], g)).squeeze(-1)
-            returns = discounted_returns(ro.rewards, ro.masks, bootstrap, self.chunk_discount)
-            v_next = self.value(self._cat(ro.states[1], g)).squeeze(-1)
-            q_target = ro.rewards[0] + self.chunk_discount * ro.masks[0] * v_next
+            bootstrap = self._v(boot_net, ro.states[H], g)
+            next_values = self._v(boot_net, ro.states[1:H], g) if cfg.lam != 1.0 and H > 1 else None
+            returns = discounted_returns(rewards, ro.masks, bootstrap, self.chunk_discount, cfg.lam,
+                                         next_values)
+            # The authors' critic target uses the current value net. With value_loss=bce they add its
+            # logit (agents/mac.py critic_loss); we add sigmoid(logit), the value (docs/FIDELITY.md).
+            v_next = self._v(self.value, ro.states[1], g)
+            q_target = rewards[0] + self.chunk_discount * ro.masks[0] * v_next
         gs = g.unsqueeze(0).expand(H, -1, -1) if g is not None else None
         v = self.value(self._cat(ro.states[:H], gs)).squeeze(-1)           # (H, Br)
         q = self.critic(self._cat(s0, g, ro.chunks[0])).squeeze(-1)
-        losses = {"value": F.mse_loss(v, returns), "critic": F.mse_loss(q, q_target)}
-        stats = {"imagined_return": float(returns[0].mean()), "imagined_reward": float(ro.rewards.mean()),
+        losses = {"value": self._regression(v, returns), "critic": self._regression(q, q_target)}
+        stats = {"imagined_return": float(returns[0].mean()), "imagined_reward": float(rewards.mean()),
                  "imagined_mask": float(ro.masks.mean()), "q_chosen": float(ro.q[0].mean())}
         return losses, stats
 
@@ -127,8 +168,9 @@ class MACAgent(torch.nn.Module):
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        self.optimizer.step()
+        # The authors' order: the target moves toward V's parameters from before this step's update.
         self.polyak_update()
+        self.optimizer.step()
         out = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
         out["loss/total"] = float(total.detach())
         out.update({f"rollout/{k}": v for k, v in stats.items()})

@@ -87,6 +87,8 @@ COMMANDS = {"info": _info, "data": _data, "train": _train, "eval": _eval, "plot"
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from mac.console import silence_harmless_warnings
+    silence_harmless_warnings()
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mac {" + ",".join(COMMANDS) + "} ...\n\n"
               "  info            what was compiled (CPU ISA, OpenMP, CUDA) and what is usable now\n"

@@ -26,10 +26,11 @@ def main(argv) -> int:
     args = p.parse_args(argv)
     from mac.agent import MACAgent
     from mac.config import AgentConfig
-    from mac.data import Normalizer, parse_env_name
+    from mac.data import Normalizer, validate_env_name
     from mac.evaluate import Policy, evaluate
     try:
         ck = load_checkpoint(args.restore_path)
+        spec = validate_env_name(ck["env_name"])
     except (FileNotFoundError, ValueError) as exc:
         print(f"mac eval: error: {exc}", file=sys.stderr)
         return 2
@@ -41,7 +42,6 @@ def main(argv) -> int:
     agent = MACAgent(*ck["dims"], cfg)
     agent.load_state_dict(ck["agent"])
     agent.eval()
-    spec = parse_env_name(ck["env_name"])
     policy = Policy(agent, Normalizer.from_state_dict(ck["obs_norm"]),
                     Normalizer.from_state_dict(ck["goal_norm"]) if ck["goal_norm"] else None,
                     k, args.num_samples or cfg.num_samples_test)

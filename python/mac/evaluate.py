@@ -9,7 +9,6 @@ parallel worker processes (each with its own copy of the actor/critic and one to
 from __future__ import annotations
 
 import os
-import warnings
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the first mujoco import
 
@@ -19,16 +18,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mac.console import show_progress, silence_harmless_warnings
 from mac.data.dataset import Normalizer
 from mac.data.names import EnvSpec
 
 GOAL_TASKS = (1, 2, 3, 4, 5)
-# ManipSpaceEnv builds a new float64 Box on every action_space access and gymnasium warns each time.
-warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
+silence_harmless_warnings()  # here too for the spawned evaluation workers, which import this module
 
 
 def make_env(spec: EnvSpec, render: bool = False, size: int = 200):
     import ogbench
+
+    silence_harmless_warnings()  # again: in case the filters were reset since the import
 
     kwargs = dict(render_mode="rgb_array", width=size, height=size) if render else {}
     return ogbench.make_env_and_datasets(spec.name, env_only=True, **kwargs)
@@ -145,7 +146,7 @@ def _evaluate(spec, policy, num_episodes, seed, workers, video_episodes, video_p
     elif episodes:
         env = make_env(spec)
         from tqdm import tqdm
-        for task, ep_seed in tqdm(episodes, desc="eval", disable=not progress, leave=False):
+        for task, ep_seed in tqdm(episodes, desc="eval", disable=not show_progress(progress), leave=False):
             results.append((task, run_episode(env, policy, task, ep_seed)))
     out = {"success": float(np.mean([r["success"] for _, r in results])),
            "return": float(np.mean([r["return"] for _, r in results])),

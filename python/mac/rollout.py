@@ -2,7 +2,8 @@
 
 ``backend="torch"`` is the pure-PyTorch reference twin of the native kernels (and the oracle of the
 tests); ``"cpu"`` and ``"cuda"`` are the fused native cores; ``"auto"`` picks the native core for the
-tensors' device when it is available, else the reference.
+tensors' device when it is available and can run the networks (see :func:`native_unsupported`;
+``mac.config.native_rollout_supported`` answers the same from an AgentConfig), else the reference.
 
 Noise: give ``noise`` explicitly, or a ``seed`` (the shared Philox stream of :mod:`mac.noise`, the same
 numbers on every backend), or neither (the reference draws from torch's global generator; native
@@ -15,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 
+from mac.config import CUDA_MAX_LAYERS
 from mac.nets import MLP
 from mac.noise import check_seed, philox_normal
 
@@ -92,16 +94,44 @@ def _check_noise(noise, shape, states):
                          f"({states.dtype}, {states.device})")
 
 
-def _resolve_backend(backend: str, states: torch.Tensor) -> str:
+
+
+def native_unsupported(nets: dict, backend: str) -> str | None:
+    """Why the native ``backend`` ("cpu" | "cuda") cannot run these networks, or None if it can.
+    ``nets``: name -> MLP or None. The native cores fuse Linear -> GELU -> LayerNorm in every hidden
+    layer, so a network built with ``layer_norm=False`` needs the PyTorch reference."""
+    for name, net in nets.items():
+        if net is None:
+            continue
+        if not getattr(net, "layer_norm", True):
+            return (f"{name} has no LayerNorm (layer_norm=False) and the native cores fuse "
+                    "Linear -> GELU -> LayerNorm in every hidden layer")
+        if backend == "cuda" and len(net.hidden_dims) + 1 > CUDA_MAX_LAYERS:
+            return (f"{name} has {len(net.hidden_dims) + 1} layers; the CUDA core supports at most "
+                    f"{CUDA_MAX_LAYERS} (hidden layers + head)")
+    return None
+
+
+def _resolve_backend(backend: str, states: torch.Tensor, nets: dict | None = None) -> str:
+    """The backend to run: "auto" picks the native core of the states' device when it is built and
+    can serve ``nets``, else the reference; an explicit native backend that cannot raises."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     from mac import _native
+    nets = nets or {}
     if backend == "auto":
-        if states.device.type == "cpu" and _native.cpu_backend_ready(states):
+        if (states.device.type == "cpu" and _native.cpu_backend_ready(states)
+                and native_unsupported(nets, "cpu") is None):
             return "cpu"
-        if states.device.type == "cuda" and _native.cuda_backend_ready(states):
+        if (states.device.type == "cuda" and _native.cuda_backend_ready(states)
+                and native_unsupported(nets, "cuda") is None):
             return "cuda"
         return "torch"
+    if backend in ("cpu", "cuda"):
+        why = native_unsupported(nets, backend)
+        if why is not None:
+            raise ValueError(f"backend={backend!r} cannot run these networks: {why}; use backend='torch' "
+                             "or 'auto' (which falls back to it)")
     if backend == "cpu":
         if states.device.type != "cpu":
             raise ValueError(f"backend='cpu' needs CPU tensors, got {states.device}")
@@ -206,7 +236,7 @@ def best_of_n(states, goals=None, *, actor, critic, num_samples, noise=None, see
     B, S, G, C = _check_inputs(states, goals, actor, critic, num_samples)
     shape = (num_samples, B, C)
     noise, seed = _noise_or_seed(noise, seed, shape, states)
-    backend = _resolve_backend(backend, states)
+    backend = _resolve_backend(backend, states, {"actor": actor, "critic": critic})
     if backend != "torch" and noise is None and seed is None:
         seed = draw_seed()  # native cores draw their own noise from a seed of torch's generator
     if backend == "torch":
@@ -234,7 +264,8 @@ def imagine(states, goals=None, *, actor, critic, dynamics, reward=None, success
         _check_net("success", success, S + G + C, 1, states.device, states.dtype)
     shape = (steps, num_samples, B, C)
     noise, seed = _noise_or_seed(noise, seed, shape, states)
-    backend = _resolve_backend(backend, states)
+    backend = _resolve_backend(backend, states, {"actor": actor, "critic": critic, "dynamics": dynamics,
+                                                 "reward": reward, "success": success})
     if backend != "torch" and noise is None and seed is None:
         seed = draw_seed()
     if backend == "torch":

@@ -4,6 +4,10 @@ Flag names follow the authors' command lines (``--env_name``, ``--offline_steps`
 ``--agent.chunk_len=10`` ...). A run directory holds ``flags.json``, ``train.csv``, ``eval.csv``
 (append-only), ``checkpoints/ckpt_<step>.pt`` (atomic, last K kept) and optional TensorBoard and
 Weights & Biases (``--wandb``) files.
+
+Resume with ``mac train --restore_path RUN_DIR``: the agent settings come from the checkpoint, and
+every flag not given on the command line from the run's flags.json (its --offline_steps, intervals,
+seed, dataset ...); a flag given overrides, e.g. ``--offline_steps 20000`` to train further.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ import torch
 from mac.agent import MACAgent
 from mac.checkpoint import (atomic_write_text, load_checkpoint, rng_state, save_checkpoint,
                             set_rng_state)
-from mac.config import AgentConfig, apply_agent_flags, goal_mixture, preset
-from mac.data import ChunkSampler, DatasetError, Normalizer, load_offline_data, parse_env_name
+from mac.config import (AgentConfig, agent_help, apply_agent_flags, fit_normalizers, preset,
+                        sampler_options)
+from mac.console import show_progress
+from mac.data import ChunkSampler, DatasetError, load_offline_data, validate_env_name
 from mac.data.files import find_dataset_files
 from mac.evaluate import Policy, evaluate, make_env
 from mac.logging_utils import CsvLog, Loggers, TensorBoard, WandbLog
@@ -33,6 +39,10 @@ from mac.logging_utils import CsvLog, Loggers, TensorBoard, WandbLog
 DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
 DEFAULT_DATASET_DIR = "~/.ogbench/data"
 EVAL_SEED_OFFSET = 10_000
+# On --restore_path these never come from the run's flags.json: they choose the run (restore_path)
+# or only name a new one (run_name, save_dir), or are about this terminal (no_progress).
+NOT_FROM_RUN = frozenset({"restore_path", "run_name", "save_dir", "no_progress"})
+PLAIN_PROGRESS_S = 30.0  # without a terminal: a plain "[mac] step ..." line at most this often
 
 
 class TrainingInterrupted(Exception):
@@ -71,46 +81,95 @@ def add_arguments(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None
     p.add_argument("--env_name", default=DEFAULT_ENV,
                    help="OGBench name, e.g. cube-single-play-singletask-task2-v0 or puzzle-3x3-play-oraclerep-v0")
     p.add_argument("--dataset_dir", default=DEFAULT_DATASET_DIR,
-                   help="folder with <dataset>.npz and <dataset>-val.npz, or with shard files")
+                   help="folder with <dataset>.npz and <dataset>-val.npz, or with shard files; if they "
+                        "are missing from the default folder they are downloaded (or generated)")
     p.add_argument("--preset", default="cpu", choices=["cpu", "paper"],
                    help="agent defaults: 'paper' (MAC.md) or 'cpu' (sized for a 2-core machine)")
-    p.add_argument("--offline_steps", type=int, default=5000)
-    p.add_argument("--log_interval", type=int, default=100)
-    p.add_argument("--eval_interval", type=int, default=2500, help="0 disables periodic evaluation")
+    p.add_argument("--offline_steps", type=int, default=5000,
+                   help="training steps of the whole run (a resumed run stops there too)")
+    p.add_argument("--log_interval", type=int, default=100, help="steps between train.csv rows")
+    p.add_argument("--eval_interval", type=int, default=2500,
+                   help="steps between evaluations; the last step is always evaluated "
+                        "(0 disables periodic evaluation)")
     p.add_argument("--eval_episodes", type=int, default=20, help="episodes (per task for goal envs)")
     p.add_argument("--eval_workers", type=int, default=1, help="parallel environment processes")
-    p.add_argument("--video_episodes", type=int, default=0)
-    p.add_argument("--save_interval", type=int, default=2500)
-    p.add_argument("--keep_checkpoints", type=int, default=3)
-    p.add_argument("--save_dir", default="runs")
+    p.add_argument("--video_episodes", type=int, default=0,
+                   help="episodes of each evaluation recorded to <run>/videos/step_<N>.gif")
+    p.add_argument("--save_interval", type=int, default=2500,
+                   help="steps between checkpoints (the last step and Ctrl-C also save one)")
+    p.add_argument("--keep_checkpoints", type=int, default=3,
+                   help="newest checkpoints kept in <run>/checkpoints (0: all)")
+    p.add_argument("--save_dir", default="runs", help="folder of the run directories")
     p.add_argument("--run_name", default=None, help="default: <env_name>_s<seed>_<timestamp>")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--restore_path", default=None, help="run directory or checkpoint to resume from")
-    p.add_argument("--tensorboard", action="store_true")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the networks, batch sampling and evaluation episodes")
+    p.add_argument("--restore_path", default=None,
+                   help="run directory or checkpoint to resume from; flags not given are the run's")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log to TensorBoard (pip install tensorboard); files in <run>/tb")
     p.add_argument("--wandb", action="store_true",
                    help="also log to Weights & Biases (pip install 'mac[wandb]'); files in <run>/wandb")
-    p.add_argument("--wandb_project", default="mac")
-    p.add_argument("--wandb_group", default=None)
+    p.add_argument("--wandb_project", default="mac", help="W&B project")
+    p.add_argument("--wandb_group", default=None, help="W&B group (default: none)")
     p.add_argument("--wandb_name", default=None, help="default: the run directory's name")
     p.add_argument("--wandb_mode", default=None, choices=["online", "offline", "disabled"],
                    help="default: wandb's own (WANDB_MODE, else online)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:k]")
     p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads (0: torch default)")
     p.add_argument("--generate_episodes", type=int, default=100,
-                   help="if the dataset is missing from the default --dataset_dir, generate this many "
-                        "episodes locally first (0: never generate, error instead)")
-    p.add_argument("--no_progress", action="store_true")
+                   help="if the dataset is missing from the default --dataset_dir and cannot be "
+                        "downloaded, generate this many episodes locally (0: never generate, error instead)")
+    p.add_argument("--no_progress", action="store_true",
+                   help="no progress bars (they are drawn only on a terminal anyway)")
     p.add_argument("--no_download", action="store_true",
                    help="never try to download the official files")
 
 
-def parse_train_args(argv: list[str]) -> tuple[argparse.Namespace, AgentConfig, list[str]]:
-    """Returns (args, agent config, the --agent.* flags given)."""
-    p = argparse.ArgumentParser(prog="mac train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Agent settings: --agent.<key>=<value> for any of: "
-                                       + ", ".join(AgentConfig.__dataclass_fields__))
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each flag's help (except None and where the help already says it),
+    description and epilog kept as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _preset_name(argv: list[str]) -> str:
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--preset", default="cpu")
+    args, _ = probe.parse_known_args([a for a in argv if a not in ("-h", "--help")])
+    return args.preset
+
+
+def build_parser(preset_name: str = "cpu") -> argparse.ArgumentParser:
+    """The ``mac train`` parser; its --help lists every --agent.<key> with the preset's default."""
+    try:
+        agent_defaults = agent_help(preset(preset_name))
+        heading = f"agent settings, --agent.<key>=<value> (defaults of --preset {preset_name}):"
+    except ValueError:   # an unknown --preset: the parser reports it
+        agent_defaults = agent_help(preset("cpu"))
+        heading = "agent settings, --agent.<key>=<value> (defaults of --preset cpu):"
+    p = argparse.ArgumentParser(prog="mac train", description=__doc__, formatter_class=HelpFormatter,
+                                epilog=f"{heading}\n{agent_defaults}")
     add_arguments(p)
+    return p
+
+
+def _given_flags(argv: list[str]) -> set[str]:
+    """The destinations of the flags given on the command line (parsed with every default
+    suppressed, so only what was given appears)."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_arguments(p)
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    args, _ = p.parse_known_args(argv)
+    return set(vars(args))
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, AgentConfig, list[str], set[str]]:
+    p = build_parser(_preset_name(argv))
     agent_flags = [a for a in argv if a.startswith("--agent.")]
     rest_probe = [a for a in argv if not a.startswith("--agent.")]
     args, _ = p.parse_known_args(rest_probe)
@@ -122,7 +181,31 @@ def parse_train_args(argv: list[str]) -> tuple[argparse.Namespace, AgentConfig, 
     for k in ("eval_interval", "video_episodes", "generate_episodes", "keep_checkpoints", "threads"):
         if getattr(args, k) < 0:
             p.error(f"--{k} must be >= 0, got {getattr(args, k)}")
+    return args, cfg, agent_flags, _given_flags(rest)
+
+
+def parse_train_args(argv: list[str]) -> tuple[argparse.Namespace, AgentConfig, list[str]]:
+    """Returns (args, agent config, the --agent.* flags given)."""
+    args, cfg, agent_flags, _ = _parse(argv)
     return args, cfg, agent_flags
+
+
+def adopt_run_flags(args: argparse.Namespace, given: set[str], run_dir: Path) -> dict:
+    """On resume: set every flag of ``args`` that was not ``given`` (and is not in NOT_FROM_RUN)
+    to its value in ``run_dir/flags.json``; returns the values that changed."""
+    flags = run_dir / "flags.json"
+    if not flags.is_file():
+        print(f"[mac] {flags} is missing: resuming with this command line's flags", file=sys.stderr)
+        return {}
+    recorded = json.loads(flags.read_text()).get("args", {})
+    taken = {}
+    for k, v in recorded.items():
+        if k in NOT_FROM_RUN or k in given or not hasattr(args, k):
+            continue
+        if getattr(args, k) != v:
+            setattr(args, k, v)
+            taken[k] = v
+    return taken
 
 
 def resolve_device(name: str) -> torch.device:
@@ -205,7 +288,25 @@ def _wandb_log(args, run_dir: Path) -> WandbLog:
 
 
 def train(argv: list[str]) -> Path:
-    args, cfg, agent_flags = parse_train_args(argv)
+    args, cfg, agent_flags, given = _parse(argv)
+    resume = None
+    if args.restore_path:
+        resume = load_checkpoint(args.restore_path)
+        if agent_flags:
+            raise SystemExit("on --restore_path the agent settings come from the checkpoint; "
+                             f"drop {agent_flags}")
+        if "env_name" in given and validate_env_name(args.env_name).name != resume["env_name"]:
+            raise SystemExit(f"checkpoint is for {resume['env_name']!r}, not {args.env_name!r}")
+        cfg = AgentConfig.from_dict(resume["agent_config"])
+        # The run goes on as it was started (its length, intervals, seed, data ...): every flag not
+        # given now is the run's.
+        taken = adopt_run_flags(args, given, Path(resume["path"]).parent.parent)
+        if taken:
+            print("[mac] from the run's flags.json: " + " ".join(f"{k}={v}" for k, v in taken.items())
+                  + " (flags given on the command line override these)", flush=True)
+        spec = validate_env_name(resume["env_name"])
+    else:
+        spec = validate_env_name(args.env_name)  # before any download, generation or run directory
     if args.tensorboard:
         TensorBoard.writer_class()  # fail before any work or any run directory is made
     if args.wandb:
@@ -213,20 +314,6 @@ def train(argv: list[str]) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    spec = parse_env_name(args.env_name)
-    resume = load_checkpoint(args.restore_path) if args.restore_path else None
-    if resume is not None:
-        if agent_flags:
-            raise SystemExit("on --restore_path the agent settings come from the checkpoint; "
-                             f"drop {agent_flags}")
-        cfg = AgentConfig.from_dict(resume["agent_config"])
-        if resume["env_name"] != spec.name and args.env_name != DEFAULT_ENV:
-            raise SystemExit(f"checkpoint is for {resume['env_name']!r}, not {spec.name!r}")
-        spec = parse_env_name(resume["env_name"])
-        # The data must be the run's own: unless --dataset_dir is given, take the run's.
-        flags_path = Path(resume["path"]).parent.parent / "flags.json"
-        if args.dataset_dir == DEFAULT_DATASET_DIR and flags_path.is_file():
-            args.dataset_dir = json.loads(flags_path.read_text())["args"]["dataset_dir"]
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
@@ -234,11 +321,10 @@ def train(argv: list[str]) -> Path:
     ensure_dataset(args, spec)
     env = make_env(spec)
     train_data, val_data = load_offline_data(spec, args.dataset_dir, env, progress=not args.no_progress)
-    obs_norm = Normalizer.fit(val_data.observations)
-    goal_norm = Normalizer.fit(val_data.goal_reps) if spec.goal_conditioned else None
+    obs_norm, goal_norm = fit_normalizers(cfg, val_data, spec.goal_conditioned)
     sampler = ChunkSampler(train_data, cfg.chunk_len, cfg.discount, obs_normalizer=obs_norm,
                            goal_normalizer=goal_norm, goal_conditioned=spec.goal_conditioned,
-                           goal_mixture=goal_mixture(cfg), seed=args.seed)
+                           seed=args.seed, **sampler_options(cfg))
     agent = MACAgent(train_data.obs_dim, train_data.action_dim, train_data.goal_dim, cfg).to(device)
 
     start_step, elapsed = 0, 0.0
@@ -278,11 +364,17 @@ def train(argv: list[str]) -> Path:
             "sampler": sampler.state_dict(), "rng": rng_state(), "elapsed_s": elapsed,
             "seed": args.seed}, keep=args.keep_checkpoints)
 
+    print(f"[mac] run directory: {run_dir}", flush=True)
+    if start_step >= args.offline_steps:
+        print(f"[mac] the run is at step {start_step}, --offline_steps is {args.offline_steps}: nothing "
+              "to train (pass a larger --offline_steps to continue)", flush=True)
     from tqdm import tqdm
+    bars = show_progress(not args.no_progress)
+    plain = not args.no_progress and not bars  # no terminal (a log file): plain lines instead
     bar = tqdm(range(start_step + 1, args.offline_steps + 1), initial=start_step,
-               total=args.offline_steps, desc="train", disable=args.no_progress, dynamic_ncols=True)
-    last_eval = None
-    t0 = time.perf_counter()
+               total=args.offline_steps, desc="train", disable=not bars, dynamic_ncols=True)
+    last_eval, step = None, start_step
+    t0 = last_line = time.perf_counter()
     with _DeferredInterrupt() as interrupt:
         for step in bar:
             info = agent.update(_to_torch(sampler.sample(cfg.batch_size), device))
@@ -294,6 +386,10 @@ def train(argv: list[str]) -> Path:
                 train_log.write(row)
                 loggers.write("train", row, step)
                 bar.set_postfix(loss=f"{info['loss/total']:.3g}", refresh=False)
+                if plain and now - last_line >= PLAIN_PROGRESS_S:
+                    print(f"[mac] step {step}/{args.offline_steps}: loss {info['loss/total']:.3g} "
+                          f"({elapsed:.0f} s)", flush=True)
+                    last_line = now
             if (args.eval_interval and step % args.eval_interval == 0) or step == args.offline_steps:
                 last_eval = _run_eval(spec, agent, obs_norm, goal_norm, args, step, run_dir, elapsed)
                 eval_log.write(last_eval)

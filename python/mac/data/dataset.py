@@ -108,6 +108,11 @@ class Normalizer:
         lo, hi = x.min(axis=0).astype(np.float64), x.max(axis=0).astype(np.float64)
         return cls(((hi + lo) / 2).astype(np.float32), ((hi - lo) / 2 + cls.EPS).astype(np.float32))
 
+    @classmethod
+    def identity(cls, dim: int) -> "Normalizer":
+        """x -> (x - 0) / 1 = x exactly (agent setting normalize_obs=false, the authors' flag)."""
+        return cls(np.zeros(dim, np.float32), np.ones(dim, np.float32))
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return (x - self.center) / self.scale
 

@@ -92,12 +92,15 @@ def _download_file(url: str, dest: Path, progress: bool, timeout: float) -> None
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             from tqdm import tqdm
+
+            from mac.console import show_progress
             # O_EXCL: never write into someone else's file; 0o666 & umask: normal permissions.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             received = 0
             with os.fdopen(fd, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
                                                    unit_divisor=1024, desc=dest.name,
-                                                   disable=not progress, miniters=1) as bar:
+                                                   disable=not show_progress(progress),
+                                                   miniters=1) as bar:
                 while True:
                     chunk = response.read(CHUNK_BYTES)
                     if not chunk:
@@ -177,9 +180,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """Entry point of ``mac data download``; returns the process exit code."""
-    from mac.data.names import parse_env_name
+    from mac.data.names import validate_env_name
     try:
-        name = parse_env_name(args.env_name).dataset_name
+        name = validate_env_name(args.env_name).dataset_name
         train, val = download_dataset(name, args.dataset_dir, progress=not args.no_progress)
     except (ValueError, DatasetError) as exc:  # DownloadError is a DatasetError (a ValueError)
         print(f"mac data download: error: {exc}", file=sys.stderr)

@@ -164,6 +164,8 @@ def load_shards(shards: tuple[Path, ...], keys_wanted=REQUIRED_KEYS + INFO_KEYS,
     manifest_path.unlink(missing_ok=True)
     # Pass 1: sizes. Pass 2: copy into preallocated memmaps (one shard in RAM at a time).
     from tqdm import tqdm
+
+    from mac.console import show_progress
     lengths, dims = [], {}
     for p in shards:
         a = read_npz(p, keys_wanted)
@@ -180,7 +182,8 @@ def load_shards(shards: tuple[Path, ...], keys_wanted=REQUIRED_KEYS + INFO_KEYS,
     outs = {k: np.lib.format.open_memmap(cache / f"{k}.npy.tmp", mode="w+", dtype=dt, shape=(total, *sh))
             for k, (sh, dt) in dims.items()}
     start = 0
-    for p, n in tqdm(list(zip(shards, lengths)), desc="caching shards", disable=not progress):
+    for p, n in tqdm(list(zip(shards, lengths)), desc="caching shards",
+                     disable=not show_progress(progress)):
         a = read_npz(p, keys_wanted)
         for k, v in a.items():
             outs[k][start:start + n] = v

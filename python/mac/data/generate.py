@@ -53,7 +53,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from mac.data.names import parse_env_name
+from mac.console import show_progress, silence_harmless_warnings
+from mac.data.names import parse_env_name, validate_env_name
+
+silence_harmless_warnings()  # here too for the spawned worker processes, which import this module
 
 __all__ = [
     "DatasetSpec",
@@ -126,6 +129,17 @@ _OFFICIAL_EPISODES = {
     "puzzle-4x5": 3000,
     "puzzle-4x6": 5000,
 }
+
+
+def dataset_types(env: str) -> tuple[str, ...] | None:
+    """The OGBench dataset types of an environment (``'cube-single'``, ``'visual-puzzle-3x3'``,
+    ``'pointmaze-medium'``, ...), or None for the families this module does not know."""
+    family = env.removeprefix("visual-").split("-")[0]
+    if family in ("cube", "scene", "puzzle"):
+        return _MANIP_TYPES
+    if family == "pointmaze":
+        return _MAZE_TYPES
+    return None
 
 
 def _list_supported() -> list[str]:
@@ -299,6 +313,7 @@ def _get_env(spec: DatasetSpec, max_episode_steps: int):
     if env is None:
         import gymnasium
 
+        silence_harmless_warnings()  # again: in case the filters were reset since the import
         if spec.family == "pointmaze":
             import ogbench.locomaze  # noqa: F401  (registers the maze environments)
 
@@ -730,7 +745,7 @@ def generate_dataset(
         unit="step",
         unit_scale=True,
         desc=f"{spec.dataset_name} ({workers} worker{'s' if workers > 1 else ''})",
-        disable=not progress,
+        disable=not show_progress(progress),
         dynamic_ncols=True,
         smoothing=0.05,
     )
@@ -738,11 +753,15 @@ def generate_dataset(
     t0 = time.perf_counter()
     try:
         if workers == 1:
+            # Workers run with one BLAS thread; so must this process, or a multithreaded BLAS
+            # rounds the oracles' matrix products differently (seen with numpy 1.24's OpenBLAS).
+            from threadpoolctl import threadpool_limits
             try:
-                for task in tasks:
-                    ep = _episode_task(task)
-                    episodes.append(ep)
-                    bar.update(len(ep["terminals"]))
+                with threadpool_limits(1):
+                    for task in tasks:
+                        ep = _episode_task(task)
+                        episodes.append(ep)
+                        bar.update(len(ep["terminals"]))
             finally:
                 _close_cached_envs()
         else:
@@ -826,6 +845,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``mac data generate``; returns the process exit code."""
     try:
+        validate_env_name(args.env_name)  # a misspelt name: the closest valid names, before any work
         num_episodes = args.num_episodes
         if num_episodes is None:
             spec = resolve_dataset(args.env_name)

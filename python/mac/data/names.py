@@ -4,10 +4,16 @@ Mirrors ``ogbench.make_env_and_datasets``: ``cube-single-play-singletask-task2-v
 ``cube-single-singletask-task2-v0`` on the dataset ``cube-single-play-v0``;
 ``cube-double-play-oraclerep-v0`` is ``cube-double-v0`` (oracle goal representation) on
 ``cube-double-play-v0``; ``cube-single-play-v0`` is the goal-conditioned ``cube-single-v0``.
+
+:func:`validate_env_name` is what the commands call first (``mac train``, ``mac data generate``,
+``mac data download``, ``mac eval``): the name must parse and name an environment that ogbench
+registers, and a misspelt name gets the closest valid names suggested.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import re
 from dataclasses import dataclass
 
@@ -56,3 +62,93 @@ def parse_env_name(name: str) -> EnvSpec:
         return EnvSpec(name, "-".join(splits[:-3] + splits[-1:]), "-".join(splits[:-2] + splits[-1:]),
                        "oraclerep", None)
     return EnvSpec(name, "-".join(splits[:-2] + splits[-1:]), name, "goal", None)
+
+
+# ------------------------------------------------------------------------------ validation
+
+class UnknownEnvError(ValueError):
+    """``--env_name`` is not an OGBench name; the message suggests the closest valid ones."""
+
+
+def ogbench_env_ids() -> frozenset[str]:
+    """The gymnasium ids that ogbench registers (importing ogbench registers them; no env is made)."""
+    import gymnasium
+    import ogbench  # noqa: F401
+
+    ids = set()
+    for env_id, env_spec in gymnasium.envs.registry.items():
+        entry = env_spec.entry_point
+        module = entry if isinstance(entry, str) else getattr(entry, "__module__", "") or ""
+        if module.startswith("ogbench."):
+            ids.add(env_id)
+    return frozenset(ids)
+
+
+def _split_env_id(env_id: str) -> tuple[list[str], list[str], str]:
+    """``cube-single-singletask-task2-v0`` -> (['cube', 'single'], ['singletask', 'task2'], 'v0')."""
+    parts = env_id.split("-")
+    if "singletask" in parts:
+        pos = parts.index("singletask")
+        return parts[:pos], parts[pos:-1], parts[-1]
+    return parts[:-1], [], parts[-1]
+
+
+@functools.lru_cache(maxsize=1)
+def valid_env_names() -> tuple[str, ...]:
+    """Every ``--env_name`` whose dataset types this package knows (mac.data.generate), built from
+    ogbench's registered env ids: ``<env>-<type>-v0``, ``<env>-<type>-oraclerep-v0`` and
+    ``<env>-<type>-singletask[-taskN]-v0``; each maps back to its env id with :func:`parse_env_name`."""
+    from mac.data.generate import dataset_types
+
+    names = set()
+    for env_id in ogbench_env_ids():
+        env, variant, version = _split_env_id(env_id)
+        types = dataset_types("-".join(env))
+        for t in types or ():
+            forms = ["-".join(env + [t] + variant + [version])]
+            if not variant and env[0] != "visual":
+                forms.append("-".join(env + [t, "oraclerep", version]))
+            for name in forms:
+                try:
+                    if parse_env_name(name).env_id == env_id:
+                        names.add(name)
+                except ValueError:
+                    pass
+    return tuple(sorted(names))
+
+
+def _suggest(name: str, examples: bool = True) -> str:
+    close = difflib.get_close_matches(str(name), valid_env_names(), n=3, cutoff=0.6)
+    if close:
+        return "; did you mean " + " or ".join(close) + "?"
+    if not examples:
+        return ""
+    return ("; valid names look like cube-single-play-v0 (goal-conditioned), "
+            "cube-single-play-singletask-task2-v0 (reward task) or puzzle-3x3-play-oraclerep-v0")
+
+
+def validate_env_name(name: str) -> EnvSpec:
+    """:func:`parse_env_name`, plus: the gymnasium id must be registered by ogbench and, for the
+    families whose dataset types are known (cube, scene, puzzle, pointmaze), the dataset type must
+    be one of them. Cheap (no environment or file is made).
+
+    Raises:
+        UnknownEnvError (a ValueError) naming the problem and the closest valid names.
+    """
+    try:
+        spec = parse_env_name(name)
+    except ValueError as exc:
+        raise UnknownEnvError(f"{exc}{_suggest(name, examples=False)}") from None
+    if spec.env_id not in ogbench_env_ids():
+        raise UnknownEnvError(f"unknown OGBench environment {name!r}: ogbench registers no environment "
+                              f"{spec.env_id!r}{_suggest(name)}")
+    from mac.data.generate import dataset_types
+
+    parts = spec.dataset_name.split("-")
+    env, dataset_type = "-".join(parts[:-2]), parts[-2]
+    types = dataset_types(env)
+    if types is not None and dataset_type not in types:
+        source = "" if spec.dataset_name == name else f" (from {name!r})"
+        raise UnknownEnvError(f"unknown OGBench dataset {spec.dataset_name!r}{source}: {env} datasets "
+                              f"are of type {' or '.join(types)}{_suggest(name)}")
+    return spec

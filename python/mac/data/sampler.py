@@ -4,6 +4,13 @@ A sample is a chunk starting at row t of some episode: s_t, a_{t:t+h} (flattened
 s_{t+h}, and labels. A chunk never crosses an episode end: t + h <= the episode's last row.
 Sampling is uniform over all valid chunk starts of all episodes (across shards too), in O(log E)
 per sample and without materialising the list of valid starts (100M rows would cost 800 MB).
+
+Boundaries, kept on purpose where they differ from the authors' code (docs/FIDELITY.md): their
+ACDataset/ACGCDataset read OGBench's *compact* layout, whose ``terminals`` mark both the last and the
+second-to-last row of an episode. Their valid starts are therefore t <= last - h - 2 (ours: t <= last
+- h, every chunk whose h actions and s_{t+h} exist), their future goals are capped at last - 1 (ours:
+last, a valid observation) and their random goals skip each episode's last row (ours: any row). These
+are by-products of the layout, not choices of the method, and touch ~2 rows in 1000.
 """
 
 from __future__ import annotations
@@ -18,19 +25,26 @@ from mac.data.files import DatasetError
 
 @dataclass(frozen=True)
 class GoalMixture:
-    """Probabilities of the goal kinds (MAC.md defaults)."""
+    """Probabilities of the goal kinds and the law of the future offset (the authors' defaults:
+    value goals current 0.2 / uniform future 0.5 / random 0.3; actor goals geometric future 0.5 /
+    random 0.5). Future goals lie in [t+1, episode end]: uniform, or t + Geometric(1 - discount) capped
+    at the episode end (``*_geom_sample``), as the authors' GCDataset.sample_goals."""
 
     value_current: float = 0.2
     value_future: float = 0.5
     value_random: float = 0.3
-    actor_future: float = 0.5   # geometric offset with p = 1 - discount
+    actor_future: float = 0.5
     actor_random: float = 0.5
+    actor_current: float = 0.0   # the authors' actor_p_curgoal
+    value_geom_sample: bool = False
+    actor_geom_sample: bool = True
 
     def __post_init__(self):
         for name, probs in (("value", (self.value_current, self.value_future, self.value_random)),
-                            ("actor", (self.actor_future, self.actor_random))):
+                            ("actor", (self.actor_current, self.actor_future, self.actor_random))):
             if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
-                raise ValueError(f"{name} goal probabilities must be >= 0 and sum to 1, got {probs}")
+                raise ValueError(f"{name} goal probabilities (current, future, random) must be >= 0 and "
+                                 f"sum to 1, got {probs}")
 
 
 class ChunkSampler:
@@ -41,15 +55,24 @@ class ChunkSampler:
     actor_goals (B, G); plus ``idxs`` (B,) int64, the chunk starts. Observations and goals are
     normalised with the given normalisers.
 
-    Reward tasks: reward = sum_{i<h} discount^i r_{t+i}; mask = 0 if any of rows t..t+h-1 has mask 0
+    Reward tasks: ``chunk_reward="mean"`` (the authors' ACDataset): reward = (1/h) sum_{i<h}
+    discount^i r_{t+i}; ``"sum"``: sum_{i<h} discount^i r_{t+i}. ``reward_task_termination=False``
+    (the authors'): mask = 1 for every chunk; True: mask = 0 if any of rows t..t+h-1 has OGBench mask 0
     (the task is solved inside the chunk). Goal tasks: success = goal row in [t, t+h);
     reward = success - 1, mask = 1 - success.
+
+    Dataset actions are clipped to +-(1 - 1e-5) as the authors do when loading (envs/env_utils.py);
+    here per batch, which gives the same numbers without copying a memory-mapped dataset.
     """
+
+    ACTION_CLIP = 1.0 - 1e-5
 
     def __init__(self, data: OfflineData, chunk_len: int, discount: float, *,
                  obs_normalizer: Normalizer | None = None, goal_normalizer: Normalizer | None = None,
                  goal_conditioned: bool = False, goal_mixture: GoalMixture = GoalMixture(),
-                 seed: int = 0):
+                 seed: int = 0, chunk_reward: str = "mean", reward_task_termination: bool = False):
+        if chunk_reward not in ("mean", "sum"):
+            raise ValueError(f"chunk_reward must be 'mean' or 'sum', got {chunk_reward!r}")
         if isinstance(chunk_len, bool) or not isinstance(chunk_len, (int, np.integer)) or chunk_len < 1:
             raise ValueError(f"chunk_len must be a positive int, got {chunk_len!r}")
         if not 0.0 < discount <= 1.0:
@@ -65,6 +88,8 @@ class ChunkSampler:
         self.goal_normalizer = goal_normalizer
         self.goal_conditioned = goal_conditioned
         self.mix = goal_mixture
+        self.chunk_reward = chunk_reward
+        self.reward_task_termination = bool(reward_task_termination)
         lengths = data.episode_ends - data.episode_starts  # transitions per episode
         self.valid_per_episode = np.maximum(lengths - self.h + 1, 0)
         self.valid_cum = np.cumsum(self.valid_per_episode)
@@ -105,7 +130,8 @@ class ChunkSampler:
         batch = {
             "idxs": t,
             "observations": np.asarray(obs, np.float32),
-            "actions": np.asarray(d.actions[window.ravel()], np.float32).reshape(batch_size, -1),
+            "actions": np.clip(np.asarray(d.actions[window.ravel()], np.float32).reshape(batch_size, -1),
+                               -self.ACTION_CLIP, self.ACTION_CLIP),
             "next_observations": np.asarray(next_obs, np.float32),
         }
         if self.goal_conditioned:
@@ -118,8 +144,16 @@ class ChunkSampler:
             batch["actor_goals"] = self._goals(self._actor_goal_idxs(t, end))
             batch["value_goal_idxs"] = value_idx
         else:
-            batch["rewards"] = d.rewards[window] @ self.reward_weights
-            batch["masks"] = d.masks[window].min(axis=1).astype(np.float32)
+            r = d.rewards[window]                                              # (B, h)
+            if self.chunk_reward == "sum":
+                batch["rewards"] = r @ self.reward_weights
+            else:  # the authors' np.mean(rewards * discount ** arange(h)), in float64 as theirs
+                batch["rewards"] = np.mean(r * self.discount ** np.arange(h, dtype=np.float64),
+                                           axis=1).astype(np.float32)
+            if self.reward_task_termination:
+                batch["masks"] = d.masks[window].min(axis=1).astype(np.float32)
+            else:  # the authors' np.ones_like: the success net learns "never", returns are not cut
+                batch["masks"] = np.ones(batch_size, np.float32)
         return batch
 
     def _goals(self, idx: np.ndarray) -> np.ndarray:
@@ -128,20 +162,32 @@ class ChunkSampler:
             g = self.goal_normalizer(g)
         return np.asarray(g, np.float32)
 
+    def _future_idxs(self, t, end, geometric: bool):
+        """A later row of the same episode: t + Geometric(1 - discount) capped at ``end``, or uniform
+        on [t+1, end] (the authors' rounding of a uniform mix of t+1 and end); ``end`` itself if t = end."""
+        B = len(t)
+        if geometric:
+            p = max(1.0 - self.discount, 1e-6)
+            return np.minimum(t + self.rng.geometric(p, size=B), end)
+        frac = self.rng.random(B)
+        return np.round(np.minimum(t + 1, end) * frac + end * (1 - frac)).astype(np.int64)
+
     def _value_goal_idxs(self, t, end):
-        """current (t) / uniform future in [t+1, end] / uniform random row, per GoalMixture."""
+        """current (t) / future row / uniform random row, per GoalMixture."""
         B, m = len(t), self.mix
         r = self.rng.random(B)
-        frac = self.rng.random(B)
-        future = np.round(np.minimum(t + 1, end) * frac + end * (1 - frac)).astype(np.int64)
+        future = self._future_idxs(t, end, m.value_geom_sample)
         random_row = self.rng.integers(0, len(self.data), size=B)
         return np.where(r < m.value_current, t,
                         np.where(r < m.value_current + m.value_future, future, random_row))
 
     def _actor_goal_idxs(self, t, end):
-        """geometric future offset (p = 1 - discount), capped at the episode end / random row."""
-        B = len(t)
-        p = max(1.0 - self.discount, 1e-6)
-        future = np.minimum(t + self.rng.geometric(p, size=B), end)
+        """current (t) / future row / uniform random row, per GoalMixture."""
+        B, m = len(t), self.mix
+        future = self._future_idxs(t, end, m.actor_geom_sample)
         random_row = self.rng.integers(0, len(self.data), size=B)
-        return np.where(self.rng.random(B) < self.mix.actor_future, future, random_row)
+        if m.actor_current == 0:      # the draws of the two-way mixture, as before actor_current existed
+            return np.where(self.rng.random(B) < m.actor_future, future, random_row)
+        r = self.rng.random(B)
+        return np.where(r < m.actor_current, t,
+                        np.where(r < m.actor_current + m.actor_future, future, random_row))
