@@ -52,6 +52,7 @@ def add_cuda_arguments(parser) -> None:
     g.add_argument("--cuda-precision", dest="cuda_precision", choices=("tf32", "bf16"), default="tf32")
     g.add_argument("--cuda-cases", dest="cuda_cases", default="all", help=f"comma list of {', '.join(CASES)}")
     g.add_argument("--no-compile", dest="no_compile", action="store_true", help="skip torch.compile")
+    g.add_argument("--quick", action="store_true", help="small shapes (2x256 MLPs, B=128, H=3): a smoke run")
     g.add_argument("--cuda-device", dest="cuda_device", default="cuda")
 
 
