@@ -155,3 +155,16 @@ def test_imagine_argument_errors():
     bad = dict(n, dynamics=MLP(S + C, S + 1, (4,)))
     with pytest.raises(ValueError, match="dynamics maps"):
         imagine(s, g, **bad, steps=1, num_samples=2, backend="torch")
+
+
+def test_auto_keeps_cuda_tensors_on_the_reference_unless_opted_in(monkeypatch):
+    """The CUDA kernels lost to torch eager and failed the strict gate on their first GPU run
+    (docs/CUDA.md): "auto" must not pick them for CUDA tensors unless MAC_AUTO_CUDA_KERNELS=1."""
+    import types
+
+    from mac import _native, rollout
+    fake = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32)
+    monkeypatch.setattr(_native, "cuda_backend_ready", lambda states: True)
+    assert rollout._resolve_backend("auto", fake) == "torch"
+    monkeypatch.setattr(rollout, "AUTO_USES_CUDA_KERNELS", True)
+    assert rollout._resolve_backend("auto", fake) == "cuda"

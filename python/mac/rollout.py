@@ -1,8 +1,9 @@
 """The fast-path API: best-of-N action selection and batched imagined rollouts.
 
 ``backend="torch"`` is the pure-PyTorch reference twin of the native kernels (and the oracle of the
-tests); ``"cpu"`` and ``"cuda"`` are the fused native cores; ``"auto"`` picks the native core for the
-tensors' device when it is available and can run the networks (see :func:`native_unsupported`;
+tests); ``"cpu"`` and ``"cuda"`` are the fused native cores; ``"auto"`` picks the native CPU core for CPU
+tensors when it is available and can run the networks (on CUDA tensors the reference, see
+``AUTO_USES_CUDA_KERNELS``) (see :func:`native_unsupported`;
 ``mac.config.native_rollout_supported`` answers the same from an AgentConfig), else the reference.
 
 Noise: give ``noise`` explicitly, or a ``seed`` (the shared Philox stream of :mod:`mac.noise`, the same
@@ -12,12 +13,13 @@ backends draw a seed from it), so runs are reproducible from torch's RNG state a
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
 
 from mac.config import CUDA_MAX_LAYERS
-from mac.nets import MLP
+from mac.nets import MLP, GaussianActor
 from mac.noise import check_seed, philox_normal
 
 BACKENDS = ("auto", "torch", "cpu", "cuda")
@@ -74,10 +76,14 @@ def _check_inputs(states, goals, actor, critic, num_samples):
         G = goals.shape[1]
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    if not isinstance(actor, MLP):
-        raise TypeError(f"actor must be a mac.nets.MLP, got {type(actor).__name__}")
-    C = actor.out_dim
-    _check_net("actor", actor, S + G + C, C, states.device, states.dtype)
+    if isinstance(actor, GaussianActor):     # [s, g] -> tanh-Gaussian over chunks (no noise input)
+        C = actor.out_dim
+        _check_net("actor", actor.net, S + G, 2 * C, states.device, states.dtype)
+    elif isinstance(actor, MLP):              # the one-step actor [s, g, z] -> chunk
+        C = actor.out_dim
+        _check_net("actor", actor, S + G + C, C, states.device, states.dtype)
+    else:
+        raise TypeError(f"actor must be a mac.nets.MLP or GaussianActor, got {type(actor).__name__}")
     _check_net("critic", critic, S + G + C, 1, states.device, states.dtype)
     return B, S, G, C
 
@@ -103,6 +109,9 @@ def native_unsupported(nets: dict, backend: str) -> str | None:
     for name, net in nets.items():
         if net is None:
             continue
+        if isinstance(net, GaussianActor):
+            return (f"{name} is a tanh-Gaussian chunk policy (actor_type=gaussian) and the native cores "
+                    "run the flow one-step actor")
         if not getattr(net, "layer_norm", True):
             return (f"{name} has no LayerNorm (layer_norm=False) and the native cores fuse "
                     "Linear -> GELU -> LayerNorm in every hidden layer")
@@ -110,6 +119,14 @@ def native_unsupported(nets: dict, backend: str) -> str | None:
             return (f"{name} has {len(net.hidden_dims) + 1} layers; the CUDA core supports at most "
                     f"{CUDA_MAX_LAYERS} (hidden layers + head)")
     return None
+
+
+# "auto" on CUDA tensors runs the torch reference, not the CUDA kernels. First run on a GPU
+# (H200, torch 2.11, benchmarks/gpu_check.sh, docs/CUDA.md): the kernels were 3.5-7x slower than
+# torch eager at the paper's shapes, and the strict device-vs-emulation gate failed on 3 of 9 grid
+# cases from the second rollout step on (docs/CUDA.md says what is known). Until both are fixed and
+# measured, the kernels run only when asked for (backend="cuda", or MAC_AUTO_CUDA_KERNELS=1).
+AUTO_USES_CUDA_KERNELS = os.environ.get("MAC_AUTO_CUDA_KERNELS", "0") == "1"
 
 
 def _resolve_backend(backend: str, states: torch.Tensor, nets: dict | None = None) -> str:
@@ -123,7 +140,7 @@ def _resolve_backend(backend: str, states: torch.Tensor, nets: dict | None = Non
         if (states.device.type == "cpu" and _native.cpu_backend_ready(states)
                 and native_unsupported(nets, "cpu") is None):
             return "cpu"
-        if (states.device.type == "cuda" and _native.cuda_backend_ready(states)
+        if (states.device.type == "cuda" and AUTO_USES_CUDA_KERNELS and _native.cuda_backend_ready(states)
                 and native_unsupported(nets, "cuda") is None):
             return "cuda"
         return "torch"
@@ -180,16 +197,25 @@ def select_best(scores: torch.Tensor) -> torch.Tensor:
     return ranked.argmax(dim=0)
 
 
+def candidates(actor, states, goals, noise) -> torch.Tensor:
+    """Candidate chunks in [-1, 1] for standard normal ``noise`` (..., C): clip(actor([s, g, z]), -1, 1)
+    for the one-step actor; clip(tanh(mean + std z), -1, 1) for a GaussianActor (the authors'
+    ``dist.sample`` then ``jnp.clip``). states/goals broadcast to noise's leading dims by the caller."""
+    if isinstance(actor, GaussianActor):
+        return actor.sample(_concat(states, goals), noise).clamp(-1.0, 1.0)
+    return actor(_concat(states, goals, noise)).clamp(-1.0, 1.0)
+
+
 def best_of_n_reference(states, goals, actor, critic, noise) -> BestOfN:
     """Pure PyTorch best-of-N. ``noise``: (N, B, C)."""
     N, B, _ = noise.shape
     s = states.unsqueeze(0).expand(N, -1, -1)
     g = goals.unsqueeze(0).expand(N, -1, -1) if goals is not None else None
-    candidates = actor(_concat(s, g, noise)).clamp(-1.0, 1.0)          # (N, B, C)
-    q = critic(_concat(s, g, candidates)).squeeze(-1)                     # (N, B)
+    cands = candidates(actor, s, g, noise)                                # (N, B, C)
+    q = critic(_concat(s, g, cands)).squeeze(-1)                          # (N, B)
     indices = select_best(q)                                              # (B,)
     rows = torch.arange(B, device=states.device)
-    return BestOfN(candidates[indices, rows], q[indices, rows], indices)
+    return BestOfN(cands[indices, rows], q[indices, rows], indices)
 
 
 def reward_and_mask(states, goals, chunks, reward, success):
@@ -231,7 +257,9 @@ def best_of_n(states, goals=None, *, actor, critic, num_samples, noise=None, see
 
     states (B, S), goals (B, G) or None; candidates c_i = clip(actor([s, g, z_i]), -1, 1) with
     z_i ~ N(0, I) given as ``noise`` (N, B, C) or drawn from ``seed``; returns the argmax of
-    critic([s, g, c_i]) over i (ties to the lowest index, NaN never wins).
+    critic([s, g, c_i]) over i (ties to the lowest index, NaN never wins). A
+    :class:`~mac.nets.GaussianActor` gives c_i = clip(tanh(mean + std z_i), -1, 1) instead (the
+    PyTorch reference only). ``num_samples=1`` is the single sample of the policy (extraction=q_gradient).
     """
     B, S, G, C = _check_inputs(states, goals, actor, critic, num_samples)
     shape = (num_samples, B, C)
