@@ -2,6 +2,8 @@
 paper preset's fidelity to their code: hand-computed cases per switch, an independent recomputation
 of their chunk labels and GAE, and a short training run + resume per setting (docs/FIDELITY.md)."""
 
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -454,6 +456,12 @@ SETTINGS = [
     (GOAL_ENV, ["--agent.value_geom_sample=true", "--agent.actor_geom_sample=false",
                 "--agent.actor_p_curgoal=0.2", "--agent.actor_p_trajgoal=0.4",
                 "--agent.actor_p_randomgoal=0.4"]),
+    # the paper's ablations (test_ablations.py has their hand cases)
+    (REWARD_ENV, ["--agent.chunk_len=1", "--agent.action_execute=1"]),
+    (REWARD_ENV, ["--agent.actor_type=gaussian", "--agent.rollout_backend=auto"]),
+    (GOAL_ENV, ["--agent.actor_type=gaussian", "--agent.rollout_backend=auto"]),
+    (REWARD_ENV, ["--agent.extraction=q_gradient", "--agent.alpha=0.5", "--agent.rollout_backend=auto"]),
+    (GOAL_ENV, ["--agent.extraction=q_gradient"]),
 ]
 
 
@@ -479,6 +487,13 @@ def test_short_run_per_setting_finishes_and_resumes(env_name, flags, tiny_cube_d
     assert a["step"] == b["step"] == 2 and a["agent_config"] == b["agent_config"]
     for k in a["agent"]:
         torch.testing.assert_close(a["agent"][k], b["agent"][k], rtol=0, atol=0, msg=k)
+    # every logged value (losses, val/ losses, diagnostics) too, except the wall-clock time
+    rows = []
+    for run_dir in (straight, half):
+        with open(run_dir / "train.csv", newline="") as f:
+            rows.append([{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(f)])
+    assert rows[0] == rows[1] and len(rows[0]) == 2
+    assert any(k.startswith("val/") for k in rows[0][0]) and "metrics/mse" in rows[0][0]
     cfg = AgentConfig.from_dict(a["agent_config"])
     want, _ = apply_agent_flags(preset("paper" if "paper" in flags else "cpu"), TINY + flags)
     assert cfg == want

@@ -107,6 +107,8 @@ def info() -> dict[str, Any]:
     out["torch_cuda_available"] = torch.cuda.is_available()
     out["torch_threads"] = torch.get_num_threads()
     out["triton_llvm"] = _llvm_isolation.status
+    from mac.config import NATIVE_ROLLOUT_SERVES
+    out["native_rollout_serves"] = NATIVE_ROLLOUT_SERVES
     return out
 
 

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from mac import rollout as rollout_api
 from mac.config import AgentConfig
-from mac.nets import MLP
+from mac.nets import MLP, GaussianActor
 
 
 def discounted_returns(rewards: torch.Tensor, masks: torch.Tensor, bootstrap: torch.Tensor,
@@ -34,16 +34,28 @@ def discounted_returns(rewards: torch.Tensor, masks: torch.Tensor, bootstrap: to
 
 
 def euler_flow(flow: MLP, context: torch.Tensor, z: torch.Tensor, steps: int) -> torch.Tensor:
-    """x_0 = z; x_{i+1} = x_i + v([context, x_i, i/K]) / K. context (B, S+G), z (B, C)."""
+    """x_0 = z; x_{i+1} = x_i + v([context, x_i, i/K]) / K. context (..., S+G), z (..., C)."""
     x = z
     for i in range(steps):
-        u = torch.full((z.shape[0], 1), i / steps, dtype=z.dtype, device=z.device)
+        u = torch.full((*z.shape[:-1], 1), i / steps, dtype=z.dtype, device=z.device)
         x = x + flow(torch.cat([context, x, u], dim=-1)) / steps
     return x
 
 
+def frozen(net: torch.nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    """``net(*inputs)`` with its parameters detached: gradients reach the inputs, never the net (the
+    authors call such a net with its current, non-differentiated parameters)."""
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    return torch.func.functional_call(net, params, inputs)
+
+
 class MACAgent(torch.nn.Module):
-    """All networks of MAC. ``goal_dim = 0`` for reward tasks (no goal inputs, a reward net)."""
+    """All networks of MAC. ``goal_dim = 0`` for reward tasks (no goal inputs, a reward net).
+
+    The paper's ablations are settings (docs/FIDELITY.md): ``actor_type=gaussian`` replaces the flow
+    and the one-step actor by one tanh-Gaussian chunk policy ``actor`` (agents/mbrs_ac.py);
+    ``extraction=q_gradient`` trains the one-step actor with -Q/|Q| + alpha * distillation on the
+    imagined states and acts with its single sample (agents/mbfql.py)."""
 
     def __init__(self, obs_dim: int, action_dim: int, goal_dim: int, config: AgentConfig):
         super().__init__()
@@ -61,8 +73,12 @@ class MACAgent(torch.nn.Module):
         self.dynamics = MLP(S + C, S, hm, ln)
         self.reward = None if self.goal_conditioned else MLP(S + C, 1, hm, ln)
         self.success = MLP(S + G + C, 1, hm, ln)
-        self.flow_actor = MLP(S + G + C + 1, C, ha, ln)
-        self.actor = MLP(S + G + C, C, ha, ln)
+        if config.actor_type == "gaussian":     # one BC policy; no flow, no one-step actor
+            self.flow_actor = None
+            self.actor = GaussianActor(S + G, C, ha, ln)
+        else:
+            self.flow_actor = MLP(S + G + C + 1, C, ha, ln)
+            self.actor = MLP(S + G + C, C, ha, ln)
         self.value = MLP(S + G, 1, hv, ln)
         self.critic = MLP(S + G + C, 1, hm, ln)
         self.target_value = copy.deepcopy(self.value).requires_grad_(False)
@@ -73,7 +89,15 @@ class MACAgent(torch.nn.Module):
 
     @property
     def chunk_discount(self) -> float:
+        """gamma^h: the discount of one model call (the authors' ``discount ** action_chunking``)."""
         return self.config.discount ** self.config.chunk_len
+
+    def num_candidates(self, train: bool) -> int:
+        """Candidates per decision: N_train / N_test for best-of-N; 1 (the one-step policy's single
+        sample, as agents/mbfql.py sample_actions) with extraction=q_gradient."""
+        if self.config.extraction == "q_gradient":
+            return 1
+        return self.config.num_samples_train if train else self.config.num_samples_test
 
     # ------------------------------------------------------------------ pieces of the loss
     @staticmethod
@@ -91,19 +115,47 @@ class MACAgent(torch.nn.Module):
         return out
 
     def actor_losses(self, batch) -> dict[str, torch.Tensor]:
+        """BC losses on the dataset batch (actor goals): flow matching + distillation (MAC); flow
+        matching only with extraction=q_gradient (its actor loss needs the rollout: :meth:`q_actor_loss`);
+        -log pi(a | s, g) with actor_type=gaussian (agents/mbrs_ac.py bc_actor_loss)."""
         s, a = batch["observations"], batch["actions"]
         g = batch.get("actor_goals")
         B = s.shape[0]
         context = self._cat(s, g)
+        if self.config.actor_type == "gaussian":
+            return {"bc": -self.actor.log_prob(context, a).mean()}
         z = torch.randn(B, self.chunk_dim, dtype=s.dtype, device=s.device)
         u = torch.rand(B, 1, dtype=s.dtype, device=s.device)
         x_u = (1 - u) * z + u * a
         flow = F.mse_loss(self.flow_actor(self._cat(context, x_u, u)), a - z)
+        if self.config.extraction == "q_gradient":
+            return {"flow": flow}
         z2 = torch.randn(B, self.chunk_dim, dtype=s.dtype, device=s.device)
         with torch.no_grad():  # the teacher is a fixed target for the one-step actor
             teacher = euler_flow(self.flow_actor, context, z2, self.config.flow_steps).clamp(-1, 1)
         distill = F.mse_loss(self.actor(self._cat(context, z2)), teacher)
         return {"flow": flow, "distill": distill}
+
+    def q_actor_loss(self, states: torch.Tensor, goals: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """extraction=q_gradient (agents/mbfql.py actor_loss) on the imagined states ``states``
+        (H, B, S) with the rollout (value) goals (B, G): z ~ N(0, I);
+        distill = mean (mu(s, g, z) - clip(Euler_K(v; s, g, z), -1, 1))^2 (teacher without gradient);
+        q = mean over the H steps of Q(s, g, clip(mu, -1, 1)) (B,), with Q's parameters fixed;
+        loss = alpha * distill - mean(q) / stop_gradient(mean |q|)."""
+        if goals is not None:
+            goals = goals.unsqueeze(0).expand(states.shape[0], -1, -1)
+        context = self._cat(states, goals)
+        z = torch.randn(*states.shape[:-1], self.chunk_dim, dtype=states.dtype, device=states.device)
+        with torch.no_grad():
+            teacher = euler_flow(self.flow_actor, context, z, self.config.flow_steps).clamp(-1, 1)
+        mu = self.actor(self._cat(context, z))
+        distill = F.mse_loss(mu, teacher)
+        q = frozen(self.critic, self._cat(context, mu.clamp(-1, 1))).squeeze(-1).mean(0)    # (B,)
+        q_loss = -q.mean() / q.abs().mean().detach()
+        loss = self.config.alpha * distill + q_loss
+        return loss, {"distill": float(distill.detach()), "q_loss": float(q_loss.detach()),
+                      "q": float(q.detach().mean())}
 
     def imagine(self, states, goals, num_samples=None, backend=None):
         """Imagined rollout with the current networks (no gradient)."""
@@ -111,7 +163,7 @@ class MACAgent(torch.nn.Module):
         return rollout_api.imagine(
             states, goals, actor=self.actor, critic=self.critic, dynamics=self.dynamics,
             reward=self.reward, success=self.success, steps=cfg.rollout_steps,
-            num_samples=num_samples or cfg.num_samples_train,
+            num_samples=num_samples or self.num_candidates(train=True),
             backend=backend or cfg.rollout_backend)
 
     def _v(self, net: MLP, states: torch.Tensor, goals: torch.Tensor | None) -> torch.Tensor:
@@ -129,6 +181,12 @@ class MACAgent(torch.nn.Module):
         return F.mse_loss(pred, target)
 
     def value_losses(self, batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        losses, stats, _, _ = self._value_losses(batch)
+        return losses, stats
+
+    def _value_losses(self, batch):
+        """(losses, stats, rollout, rollout goals): the imagined rollout from the first B_r batch
+        states and the value/critic losses on it."""
         cfg = self.config
         Br = cfg.rollout_batch
         s0 = batch["observations"][:Br]
@@ -156,25 +214,65 @@ class MACAgent(torch.nn.Module):
         losses = {"value": self._regression(v, returns), "critic": self._regression(q, q_target)}
         stats = {"imagined_return": float(returns[0].mean()), "imagined_reward": float(rewards.mean()),
                  "imagined_mask": float(ro.masks.mean()), "q_chosen": float(ro.q[0].mean())}
-        return losses, stats
+        return losses, stats, ro, g
 
     # ------------------------------------------------------------------ one step
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One gradient step on all networks; returns the losses and rollout statistics."""
+    def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """(total loss, logged values): every loss of one step (summed with weight 1, as the authors)
+        and the rollout statistics, as ``loss/<name>``, ``loss/total``, ``rollout/<name>``
+        (and ``actor/<name>`` with extraction=q_gradient)."""
         losses = self.model_losses(batch)
         losses.update(self.actor_losses(batch))
-        value_losses, stats = self.value_losses(batch)
+        value_losses, stats, ro, g = self._value_losses(batch)
         losses.update(value_losses)
+        actor_stats = {}
+        if self.config.extraction == "q_gradient":
+            losses["actor"], actor_stats = self.q_actor_loss(ro.states[:self.config.rollout_steps], g)
         total = sum(losses.values())
+        out = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
+        out["loss/total"] = float(total.detach())
+        out.update({f"rollout/{k}": v for k, v in stats.items()})
+        out.update({f"actor/{k}": v for k, v in actor_stats.items()})
+        return total, out
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One gradient step on all networks; returns the losses and rollout statistics."""
+        total, out = self.losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         # The authors' order: the target moves toward V's parameters from before this step's update.
         self.polyak_update()
         self.optimizer.step()
-        out = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
-        out["loss/total"] = float(total.detach())
-        out.update({f"rollout/{k}": v for k, v in stats.items()})
         return out
+
+    # ------------------------------------------------------------------ diagnostics (no gradient)
+    @torch.no_grad()
+    def eval_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The values :meth:`update` logs, on ``batch``, without a gradient step (the authors'
+        ``total_loss(val_batch, grad_params=None)``); draws from torch's RNG like a step."""
+        return self.losses(batch)[1]
+
+    @torch.no_grad()
+    def bc_error(self, batch: dict[str, torch.Tensor]) -> float:
+        """Mean squared error between the chunk the policy chooses for the batch states (with the
+        actor goals; N_train candidates, or the single sample with q_gradient) and the dataset
+        chunk: the authors' ``compute_metrics`` ``mse``."""
+        s, g = batch["observations"], batch.get("actor_goals")
+        chosen = rollout_api.best_of_n(s, g if self.goal_conditioned else None, actor=self.actor,
+                                       critic=self.critic, num_samples=self.num_candidates(train=True),
+                                       backend=self.config.rollout_backend).chunks
+        return float(((chosen - batch["actions"]) ** 2).mean())
+
+    @torch.no_grad()
+    def rollout_error(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Model error along real chunk sequences (the authors' ``rollout_metrics``, agents/model_ac.py):
+        observations (L, B, S) = s_t, s_{t+h}, ..., actions (L, B, C) the real chunks. From
+        ŝ_0 = s_t, ŝ_{k+1} = ŝ_k + f(ŝ_k, a_k); returns (L,) mean_{B,S} (s_{t+kh} - ŝ_k)^2 (index 0 is 0)."""
+        s, preds = observations[0], []
+        for k in range(observations.shape[0]):
+            preds.append(s)
+            s = s + self.dynamics(self._cat(s, actions[k]))
+        return ((observations - torch.stack(preds)) ** 2).mean(dim=(1, 2))
 
     @torch.no_grad()
     def polyak_update(self) -> None:
@@ -186,7 +284,10 @@ class MACAgent(torch.nn.Module):
     @torch.no_grad()
     def act(self, observations: torch.Tensor, goals: torch.Tensor | None = None,
             num_samples: int | None = None, backend: str | None = None) -> torch.Tensor:
-        """Best-of-N chunk for normalised observations (B, S) -> actions (B, h, A) in [-1, 1]."""
+        """Best-of-N chunk for normalised observations (B, S) -> actions (B, h, A) in [-1, 1].
+        With extraction=q_gradient the one-step policy's single sample (``num_samples`` is ignored)."""
+        if self.config.extraction == "q_gradient":
+            num_samples = 1
         res = rollout_api.best_of_n(observations, goals if self.goal_conditioned else None,
                                     actor=self.actor, critic=self.critic,
                                     num_samples=num_samples or self.config.num_samples_test,

@@ -15,11 +15,16 @@ def _f(default, help: str):
 class AgentConfig:
     """MAC hyperparameters (MAC.md defaults; see ``PRESETS`` for the CPU preset)."""
 
-    chunk_len: int = _f(10, "h: actions per chunk (the policy outputs h actions at once)")
-    rollout_steps: int = _f(10, "H: model calls (chunks) per imagined rollout")
+    chunk_len: int = _f(10, "h: actions per chunk (the policy outputs h actions at once); 1 = the paper's "
+                            "no-chunking ablation (rollout_steps is not rescaled, as in the authors' code)")
+    rollout_steps: int = _f(10, "H: model calls (chunks) per imagined rollout: h*H env steps, each call "
+                                "discounted by discount^h (authors: independent of chunk_len; for h=1 pass "
+                                "H=100 to keep a 100-step horizon)")
     rollout_batch: int = _f(1024, "B_r: rollout start states per training step (<= batch_size)")
-    num_samples_train: int = _f(8, "N: candidate chunks per state in the training rollouts (best-of-N)")
-    num_samples_test: int = _f(32, "N: candidate chunks per decision at evaluation (best-of-N)")
+    num_samples_train: int = _f(8, "N: candidate chunks per state in the training rollouts (best-of-N; "
+                                   "extraction=q_gradient uses 1)")
+    num_samples_test: int = _f(32, "N: candidate chunks per decision at evaluation (best-of-N; "
+                                   "extraction=q_gradient uses 1)")
     flow_steps: int = _f(10, "K: Euler steps of the flow policy")
     discount: float = _f(0.999, "gamma per environment step")
     tau: float = _f(0.005, "Polyak averaging rate of the target value network")
@@ -44,10 +49,18 @@ class AgentConfig:
     gc_negative: bool = _f(True, "goal tasks: imagined reward success - 1 (true) or success (false, returns in [0, 1])")
     target_network: bool = _f(True, "bootstrap imagined returns with the Polyak target value (false: the current value)")
     layer_norm: bool = _f(True, "LayerNorm after each hidden GELU in every MLP (false: only the torch rollout backend)")
-    actor_hidden_dims: tuple | None = _f(None, "hidden widths of the flow and one-step actors (None: hidden_dims)")
+    actor_hidden_dims: tuple | None = _f(None, "hidden widths of the flow and one-step actors, or of the Gaussian actor (None: hidden_dims)")
     value_hidden_dims: tuple | None = _f(None, "hidden widths of the value and target value (None: hidden_dims)")
     dynamics_hidden_dims: tuple | None = _f(None, "hidden widths of the dynamics, critic, reward and success nets, as grouped by the authors (None: hidden_dims)")
     normalize_obs: bool = _f(True, "min-max normalise observations and goals with the validation split's statistics")
+    # The paper's ablations (docs/FIDELITY.md, "Ablations"): settings of this one agent.
+    actor_type: str = _f("flow", "chunk policy: flow (flow matching + one-step distilled actor: MAC) | gaussian "
+                                 "(tanh-Gaussian trained by log-likelihood: the authors' MAC (Gau), "
+                                 "agents/mbrs_ac.py; torch rollout backend)")
+    extraction: str = _f("rejection", "policy extraction: rejection (best-of-N by Q: MAC) | q_gradient (one-step "
+                                      "actor trained with -Q/|Q| + alpha*distillation on imagined states, acting "
+                                      "and rollouts with its single sample: the authors' MAC (FQL), agents/mbfql.py)")
+    alpha: float = _f(0.3, "extraction=q_gradient: weight of the distillation loss (authors' mbfql alpha)")
 
     def validate(self) -> "AgentConfig":
         positive = ("chunk_len", "rollout_steps", "rollout_batch", "num_samples_train",
@@ -65,7 +78,8 @@ class AgentConfig:
         if not self.hidden_dims or any((not isinstance(d, int)) or d < 1 for d in self.hidden_dims):
             raise ValueError(f"agent.hidden_dims must be positive ints, got {self.hidden_dims!r}")
         if self.action_execute > self.chunk_len:
-            raise ValueError(f"agent.action_execute={self.action_execute} exceeds agent.chunk_len={self.chunk_len}")
+            raise ValueError(f"agent.action_execute={self.action_execute} exceeds agent.chunk_len={self.chunk_len}; "
+                             f"pass --agent.action_execute=<1..{self.chunk_len}>")
         if self.rollout_batch > self.batch_size:
             raise ValueError(f"agent.rollout_batch={self.rollout_batch} exceeds agent.batch_size="
                              f"{self.batch_size} (rollouts start from the first batch states)")
@@ -95,6 +109,16 @@ class AgentConfig:
             # and every target 0. BCE needs the 0/1 rewards of gc_negative=False (goal tasks).
             raise ValueError("agent.value_loss=bce needs --agent.gc_negative=false: the BCE targets are the "
                              "imagined returns clipped to [0, 1], which are all 0 with rewards success - 1")
+        if self.actor_type not in ("flow", "gaussian"):
+            raise ValueError(f"agent.actor_type must be flow|gaussian, got {self.actor_type!r}")
+        if self.extraction not in ("rejection", "q_gradient"):
+            raise ValueError(f"agent.extraction must be rejection|q_gradient, got {self.extraction!r}")
+        if self.actor_type == "gaussian" and self.extraction != "rejection":
+            raise ValueError("agent.actor_type=gaussian needs agent.extraction=rejection: the authors' Gaussian "
+                             "ablation (agents/mbrs_ac.py) extracts by best-of-N; q_gradient trains the "
+                             "flow's one-step actor (agents/mbfql.py)")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha >= 0:
+            raise ValueError(f"agent.alpha must be >= 0, got {self.alpha!r}")
         if self.rollout_backend in ("cpu", "cuda"):
             ok, why = native_rollout_supported(self, self.rollout_backend)
             if not ok:
@@ -256,7 +280,13 @@ def native_rollout_supported(config: AgentConfig, backend: str | None = None) ->
     """Whether the native rollout cores can run the networks these settings build: (True, "") or
     (False, reason). ``backend``: "cpu", "cuda" or None (either). Only the settings are judged; whether
     a core was built and a GPU is usable is reported by ``mac info``. Where this is False,
-    rollout_backend=auto uses the PyTorch reference and an explicit cpu/cuda is an error."""
+    rollout_backend=auto uses the PyTorch reference and an explicit cpu/cuda is an error.
+
+    The cores run the flow's one-step actor with best-of-N: extraction=rejection (N candidates) and
+    extraction=q_gradient (its single sample is best-of-1) both; actor_type=gaussian is not served."""
+    if config.actor_type != "flow":
+        return False, (f"actor_type={config.actor_type}: the native cores run the flow one-step actor; the "
+                       "tanh-Gaussian chunk policy runs on the torch reference")
     if not config.layer_norm:
         return False, ("layer_norm=false: the native cores fuse Linear -> GELU -> LayerNorm in every "
                        "hidden layer")
@@ -271,6 +301,11 @@ def native_rollout_supported(config: AgentConfig, backend: str | None = None) ->
 
 CUDA_MAX_LAYERS = 12  # layers per network of the CUDA core (hidden + head), cuda/tiling.h kMaxLayers
 
+# What `mac info` says about the settings (native_rollout_supported is the exact rule).
+NATIVE_ROLLOUT_SERVES = ("actor_type=flow, extraction=rejection (best-of-N) or q_gradient (best-of-1), "
+                         "layer_norm=true; other settings (actor_type=gaussian, layer_norm=false) use the "
+                         "torch reference")
 
-__all__ = ["AUTHOR_NAMES", "AgentConfig", "PRESETS", "agent_help", "apply_agent_flags", "field_help",
+
+__all__ = ["AUTHOR_NAMES", "AgentConfig", "NATIVE_ROLLOUT_SERVES", "PRESETS", "agent_help", "apply_agent_flags", "field_help",
            "fit_normalizers", "goal_mixture", "native_rollout_supported", "preset", "sampler_options"]

@@ -31,6 +31,7 @@ from mac.checkpoint import (atomic_write_text, load_checkpoint, rng_state, save_
 from mac.config import (AgentConfig, agent_help, apply_agent_flags, fit_normalizers, preset,
                         sampler_options)
 from mac.console import show_progress
+from mac.diagnostics import Diagnostics
 from mac.data import ChunkSampler, DatasetError, load_offline_data, validate_env_name
 from mac.data.files import find_dataset_files
 from mac.evaluate import Policy, evaluate, make_env
@@ -322,9 +323,12 @@ def train(argv: list[str]) -> Path:
     env = make_env(spec)
     train_data, val_data = load_offline_data(spec, args.dataset_dir, env, progress=not args.no_progress)
     obs_norm, goal_norm = fit_normalizers(cfg, val_data, spec.goal_conditioned)
-    sampler = ChunkSampler(train_data, cfg.chunk_len, cfg.discount, obs_normalizer=obs_norm,
-                           goal_normalizer=goal_norm, goal_conditioned=spec.goal_conditioned,
-                           seed=args.seed, **sampler_options(cfg))
+    sampler_kwargs = dict(obs_normalizer=obs_norm, goal_normalizer=goal_norm,
+                          goal_conditioned=spec.goal_conditioned, **sampler_options(cfg))
+    sampler = ChunkSampler(train_data, cfg.chunk_len, cfg.discount, seed=args.seed, **sampler_kwargs)
+    # val/ losses, BC error and model error at every log step, off the training random streams
+    diagnostics = Diagnostics(cfg, train_data, val_data, seed=args.seed, device=device,
+                              sampler_kwargs=sampler_kwargs)
     agent = MACAgent(train_data.obs_dim, train_data.action_dim, train_data.goal_dim, cfg).to(device)
 
     start_step, elapsed = 0, 0.0
@@ -377,11 +381,14 @@ def train(argv: list[str]) -> Path:
     t0 = last_line = time.perf_counter()
     with _DeferredInterrupt() as interrupt:
         for step in bar:
-            info = agent.update(_to_torch(sampler.sample(cfg.batch_size), device))
+            batch = _to_torch(sampler.sample(cfg.batch_size), device)
+            info = agent.update(batch)
             now = time.perf_counter()
             elapsed += now - t0
             t0 = now
             if step % args.log_interval == 0:
+                info.update(diagnostics.compute(agent, batch, step))
+                t0 = time.perf_counter()  # diagnostics are not training time
                 row = {"step": step, "time_s": round(elapsed, 3), **info}
                 train_log.write(row)
                 loggers.write("train", row, step)

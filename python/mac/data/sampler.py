@@ -108,6 +108,42 @@ class ChunkSampler:
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["bit_generator"]
 
+    def reseed(self, seed) -> None:
+        """Restart the random stream from ``seed`` (an int or a sequence of ints, as
+        ``numpy.random.default_rng``)."""
+        self.rng = np.random.default_rng(seed)
+
+    def max_sequence_chunks(self) -> int:
+        """The most consecutive chunks that fit in one episode (t + L h <= the episode's last row)."""
+        lengths = self.data.episode_ends - self.data.episode_starts
+        return int(lengths.max()) // self.h
+
+    def sample_sequences(self, batch_size: int, length: int) -> dict[str, np.ndarray]:
+        """``batch_size`` runs of ``length`` consecutive chunks inside one episode (the authors'
+        ``sample_consecutive``): observations (L, B, S) = s_{t + k h} (normalised) and actions
+        (L, B, h A) = the chunks a_{t + k h : t + (k+1) h} (clipped as in :meth:`sample`), k < L.
+        A start t is uniform over the rows with t + L h <= the episode's last row (the authors require
+        the state after the last chunk to be in the same episode too)."""
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
+            raise ValueError(f"length must be a positive int, got {length!r}")
+        d, h, L = self.data, self.h, int(length)
+        span = L * h
+        per_ep = np.maximum(d.episode_ends - d.episode_starts - span + 1, 0)
+        cum = np.cumsum(per_ep)
+        if not len(cum) or cum[-1] == 0:
+            raise ValueError(f"no episode holds {L} consecutive chunks of {h} actions")
+        u = self.rng.integers(0, int(cum[-1]), size=batch_size)
+        ep = np.searchsorted(cum, u, side="right")
+        t = d.episode_starts[ep] + (u - (cum[ep] - per_ep[ep]))                # (B,)
+        starts = t[None, :] + h * np.arange(L)[:, None]                        # (L, B)
+        obs = d.observations[starts.ravel()]
+        if self.obs_normalizer is not None:
+            obs = self.obs_normalizer(obs)
+        rows = (starts[:, :, None] + np.arange(h)).ravel()                     # (L, B, h)
+        actions = np.clip(np.asarray(d.actions[rows], np.float32), -self.ACTION_CLIP, self.ACTION_CLIP)
+        return {"observations": np.asarray(obs, np.float32).reshape(L, batch_size, -1),
+                "actions": actions.reshape(L, batch_size, -1), "idxs": t}
+
     def _episode_of(self, u: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.valid_cum, u, side="right")
 
