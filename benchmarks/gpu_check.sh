@@ -31,7 +31,7 @@ export MAC_CUDA_ARCHITECTURES=${MAC_CUDA_ARCHITECTURES:-$cc}
 stage gpu 20 nvidia-smi
 stage build 300 python3 -m pip install --no-build-isolation --no-deps -q .
 stage info 60 bash -c 'cd /tmp && python3 -c "import json, mac; print(json.dumps(mac.info(), indent=1, default=str))"'
-stage emulator_gate 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k device_equals_host_emulation
+stage emulator_gate 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k device_as_accurate_as_host_emulation
 stage gpu_suite 240 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
 for tool in memcheck racecheck synccheck; do
   stage "sanitizer_$tool" 120 compute-sanitizer --tool "$tool" --error-exitcode 99 \

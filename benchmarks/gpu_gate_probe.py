@@ -21,10 +21,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_cuda import GRID, grid_id, inputs, make_nets  # noqa: E402
+from test_cuda import GRID, float64_reference, grid_id, inputs, make_nets  # noqa: E402
 
 from mac import _cuda_core as cc  # noqa: E402
-from mac.rollout import imagine_reference  # noqa: E402
 
 
 DEVICE = "cuda"
@@ -62,8 +61,7 @@ def probe(case, precision, H=3):
                              noise=z.cpu(), precision=precision)
     n64 = _f64(nets)
     g64 = g.cpu().double() if g is not None else None
-    ref = imagine_reference(s.cpu().double(), g64, n64["actor"], n64["critic"], n64["dynamics"],
-                            n64["reward"], n64["success"], z.cpu().double())
+    ref = float64_reference(nets, s, g, z)
     rows = []
     for k in range(H):
         ds, es, rs = dev.states[k + 1].cpu().double(), emu.states[k + 1].double(), ref.states[k + 1]

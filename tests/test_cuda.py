@@ -121,26 +121,56 @@ def test_imagine_matches_reference(case, task, precision):
         assert bool((ro.masks == 1).all()) and bool((ro.rewards == -1).all())
 
 
+def float64_reference(nets, s, g, noise):
+    """The reference rollout in float64 on the CPU: the exact answer both roundings are judged by."""
+    import copy
+
+    from mac.rollout import imagine_reference
+    n64 = {k: (copy.deepcopy(v).cpu().double() if v is not None else None) for k, v in nets.items()}
+    with torch.no_grad():
+        return imagine_reference(s.cpu().double(), g.cpu().double() if g is not None else None,
+                                 n64["actor"], n64["critic"], n64["dynamics"], n64["reward"],
+                                 n64["success"], noise.cpu().double())
+
+
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])
 @pytest.mark.parametrize("case", GRID, ids=grid_id)
-def test_device_equals_host_emulation(case, precision):
-    """The kernel against its own program run on the host with identically rounded operands: only
-    the float32 accumulation order differs, so agreement is far tighter than with the reference."""
+def test_device_as_accurate_as_host_emulation(case, precision):
+    """The strict gate: the kernel against its own program run on the host (cuda/emulate.cpp, the same
+    operand rounding) and both against a float64 run of the reference on the same noise.
+
+    Why not plain device == emulation: the two sum float32 products in different orders, and where an
+    activation then lands on the other side of a TF32/bf16 rounding boundary the next layer's operand
+    moves by a whole TF32/bf16 step (2^-11 / 2^-8 relative); across layers and rollout steps that
+    grows to 1e-3..1e-2 on single elements, and a chosen chunk's values move with the state (first GPU
+    run, benchmarks/gpu_gate_probe.py: all 18 cases deterministic, the device's float64 error 0.8-1.3x
+    the emulation's at every step). What a stale read, a missed grid barrier or a wrong tile does is
+    different: errors far above the emulated program's own. So, at every step and for every output,
+    the device's max error against float64 must stay within 1.5x the emulation's (+1e-5); step 0 must
+    also pick the emulation's candidate in >= 95% of rows, and two device runs must be bitwise equal."""
     B, N, goal, S, G, C, hidden = case
     G = G if goal else 0
     nets = make_nets(S, G, C, hidden)
     s, g = inputs(B, S, G, goal)
-    H = 2
+    H = 3
     z = torch.randn(H, N, B, C, device=DEV)
     dev = cc().imagine(s, g, *nets.values(), H, N, z, None, precision=precision)
+    again = cc().imagine(s, g, *nets.values(), H, N, z, None, precision=precision)
+    for a, b in zip(dev, again):
+        assert torch.equal(a, b), "the device kernel is not deterministic"
     cpu_nets = {k: (v.cpu() if v is not None else None) for k, v in nets.items()}
     host = cc().emulate_imagine(s.cpu(), g.cpu() if g is not None else None, *cpu_nets.values(), H, N,
                                 noise=z.cpu(), precision=precision)
-    same = (dev.chunks.cpu() - host.chunks).abs().amax(-1) < 1e-3      # (H, B) same candidate chosen
+    exact = float64_reference(nets, s, g, z)
+    same = (dev.chunks[0].cpu() - host.chunks[0]).abs().amax(-1) < 1e-3
     assert same.float().mean() >= 0.95
-    torch.testing.assert_close(dev.states[:2].cpu(), host.states[:2], rtol=2e-3, atol=2e-3)
-    q_ok = same[0]
-    torch.testing.assert_close(dev.q[0].cpu()[q_ok], host.q[0][q_ok], rtol=2e-3, atol=2e-3)
+    for k in range(H):
+        for name, d, h, e in (("states", dev.states[k + 1], host.states[k + 1], exact.states[k + 1]),
+                              ("q", dev.q[k], host.q[k], exact.q[k]),
+                              ("rewards", dev.rewards[k], host.rewards[k], exact.rewards[k])):
+            err_dev = (d.cpu().double() - e).abs().max().item()
+            err_emu = (h.double() - e).abs().max().item()
+            assert err_dev <= 1.5 * err_emu + 1e-5, (name, k, err_dev, err_emu)
 
 
 def test_seeded_noise_equals_explicit_philox_noise_and_runs_are_deterministic():
