@@ -158,8 +158,8 @@ def test_imagine_argument_errors():
 
 
 def test_auto_keeps_cuda_tensors_on_the_reference_unless_opted_in(monkeypatch):
-    """The CUDA kernels lost to torch eager and failed the strict gate on their first GPU run
-    (docs/CUDA.md): "auto" must not pick them for CUDA tensors unless MAC_AUTO_CUDA_KERNELS=1."""
+    """The CUDA kernels lost to torch eager on their first GPU run (docs/CUDA.md): "auto" must not
+    pick them for CUDA tensors unless MAC_AUTO_CUDA_KERNELS=1."""
     import types
 
     from mac import _native, rollout

@@ -121,11 +121,10 @@ def native_unsupported(nets: dict, backend: str) -> str | None:
     return None
 
 
-# "auto" on CUDA tensors runs the torch reference, not the CUDA kernels. First run on a GPU
-# (H200, torch 2.11, benchmarks/gpu_check.sh, docs/CUDA.md): the kernels were 3.5-7x slower than
-# torch eager at the paper's shapes, and the strict device-vs-emulation gate failed on 3 of 9 grid
-# cases from the second rollout step on (docs/CUDA.md says what is known). Until both are fixed and
-# measured, the kernels run only when asked for (backend="cuda", or MAC_AUTO_CUDA_KERNELS=1).
+# "auto" on CUDA tensors runs the torch reference, not the CUDA kernels: on their first GPU run
+# (H200, benchmarks/gpu_check.sh, docs/CUDA.md) they passed every GPU test but ran at 0.23-0.66x the
+# speed of torch eager at the paper's shapes. Until a faster path is measured, the kernels run only
+# when asked for (backend="cuda", or MAC_AUTO_CUDA_KERNELS=1 for "auto").
 AUTO_USES_CUDA_KERNELS = os.environ.get("MAC_AUTO_CUDA_KERNELS", "0") == "1"
 
 
