@@ -283,3 +283,19 @@ def test_bench_quick_runs():
     out = bench_cuda.run_cuda_bench(argparse.Namespace(quick=True, no_compile=True, repeats=2, warmup=1,
                                                        cuda_cases="rollout-s28,eval-b1"))
     assert "native CUDA" in out and "| ok |" in out and "torch eager" in out
+
+
+def test_checkpoint_rng_state_restores_and_forks_the_cuda_generator():
+    """Exact resume on a GPU: the CUDA generator is saved and restored with the checkpoint's RNG
+    state, and evaluation/diagnostics (forked_rng) leave it where training had it."""
+    from mac import checkpoint
+    torch.randn(3, device=DEV)                                   # CUDA initialised, generator used
+    st = checkpoint.rng_state()
+    assert len(st["cuda"]) == torch.cuda.device_count()
+    expected = torch.randn(16, device=DEV)
+    checkpoint.set_rng_state(st)
+    assert torch.equal(torch.randn(16, device=DEV), expected)
+    checkpoint.set_rng_state(st)
+    with checkpoint.forked_rng(torch.device(DEV)):
+        torch.randn(1000, device=DEV)
+    assert torch.equal(torch.randn(16, device=DEV), expected)

@@ -158,3 +158,19 @@ def test_given_flags_are_the_ones_on_the_command_line():
         {"offline_steps", "tensorboard", "dataset_dir"}
     assert _given_flags(["--seed", "0"]) == {"seed"}               # given, even if equal to the default
     assert {"restore_path", "run_name", "save_dir"} <= NOT_FROM_RUN
+
+
+def test_rng_state_covers_cuda_and_forked_rng_protects_the_training_stream(monkeypatch):
+    """A checkpoint's RNG state holds the CUDA generators where CUDA is initialised (exact resume on
+    a GPU); side computations inside forked_rng leave every training stream where it was."""
+    from mac import checkpoint
+    st = checkpoint.rng_state()
+    assert "cuda" in st and (st["cuda"] == [] or len(st["cuda"]) == torch.cuda.device_count())
+    before = torch.get_rng_state()
+    with checkpoint.forked_rng(torch.device("cpu")):
+        torch.rand(100)
+    assert torch.equal(before, torch.get_rng_state())
+    # A checkpoint from a 2-GPU process resumed where fewer devices are visible: a clear error.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(RuntimeError, match="CUDA device"):
+        checkpoint.set_rng_state(dict(st, cuda=[torch.zeros(8, dtype=torch.uint8)] * 2))

@@ -39,10 +39,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def rng_state() -> dict:
+    """Every generator training draws from: torch (CPU and, where initialised, each CUDA device),
+    numpy's and Python's global ones; a resume restores them all, so it continues the same curve."""
     np_state = np.random.get_state()
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
                   "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
         "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
@@ -51,6 +54,13 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda:
+        if torch.cuda.device_count() < len(cuda):
+            raise RuntimeError(f"the checkpoint holds the RNG state of {len(cuda)} CUDA device(s) but "
+                               f"{torch.cuda.device_count()} are visible: resume on the same devices, or "
+                               "with --device cpu (the run then continues on a different random stream)")
+        torch.cuda.set_rng_state_all(cuda)
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
@@ -103,3 +113,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
                          f"{payload.get('format_version') if isinstance(payload, dict) else None})")
     payload["path"] = str(p)
     return payload
+
+
+def forked_rng(device: torch.device):
+    """A context in which side computations (evaluation, diagnostics) may draw random numbers
+    without moving the training streams: CPU and, on a CUDA device, that device's generator."""
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.random.fork_rng(devices=devices)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mac.checkpoint import forked_rng
 from mac.data import ChunkSampler
 
 DIAG_SEED_OFFSET = 20_000
@@ -47,10 +48,7 @@ class Diagnostics:
         return [self.seed % 2 ** 32, int(step), kind]
 
     def compute(self, agent, train_batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        devices = []
-        if self.device.type == "cuda":
-            devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
-        with torch.random.fork_rng(devices=devices):
+        with forked_rng(self.device):
             torch.manual_seed(self.seed + DIAG_SEED_OFFSET + int(step))
             self.val_sampler.reseed(self._streams(step, 1))
             self.seq_sampler.reseed(self._streams(step, 2))

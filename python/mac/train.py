@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from mac.agent import MACAgent
-from mac.checkpoint import (atomic_write_text, load_checkpoint, rng_state, save_checkpoint,
-                            set_rng_state)
+from mac.checkpoint import (atomic_write_text, forked_rng, load_checkpoint, rng_state,
+                            save_checkpoint, set_rng_state)
 from mac.config import (AgentConfig, agent_help, apply_agent_flags, fit_normalizers, preset,
                         sampler_options)
 from mac.console import show_progress
@@ -270,7 +270,7 @@ def _policy(agent, obs_norm, goal_norm) -> Policy:
 
 def _run_eval(spec, agent, obs_norm, goal_norm, args, step, run_dir, elapsed) -> dict:
     # Evaluation must not consume the training RNG streams (resume equivalence).
-    with torch.random.fork_rng(devices=[]):
+    with forked_rng(next(agent.parameters()).device):
         torch.manual_seed(args.seed + EVAL_SEED_OFFSET + step)
         video = run_dir / "videos" / f"step_{step:09d}.gif" if args.video_episodes else None
         res = evaluate(spec, _policy(agent, obs_norm, goal_norm), args.eval_episodes,
