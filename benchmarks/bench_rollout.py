@@ -8,6 +8,11 @@ Tiny shapes by default so CI can run it in seconds:
 MAC_BENCH_SIZE=cpu (3x256 networks, B=256) or MAC_BENCH_SIZE=paper (4x1024, B=1024; minutes)
 selects larger shapes. For the markdown report with GFLOP/s, % of peak and torch.compile, use
 `mac bench` (python/mac/bench.py).
+
+Noise: the native core draws it from a seed inside the timed call (that is part of its work); the
+torch backend gets the same noise, drawn once outside the timed region. Each case's result is
+checked once, after timing, against the PyTorch reference judged in float64
+(mac.bench.compare_with_reference: the tolerance is explained there).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 
 import mac.rollout as R
 from mac import _native
+from mac.bench import compare_with_reference
 from mac.nets import MLP
 from mac.noise import philox_normal
 
@@ -63,10 +69,11 @@ def test_imagine(benchmark, problem, backend):
     kw = dict(actor=nets["actor"], critic=nets["critic"], dynamics=nets["dynamics"],
               reward=nets["reward"], success=nets["success"], steps=H, num_samples=N)
     if backend == "cpu":
-        out = benchmark(R.imagine, states, **kw, seed=1, backend="cpu")
+        out = benchmark(R.imagine, states, **kw, seed=1, backend="cpu")  # = philox_normal(1, ...)
     else:
         out = benchmark(R.imagine, states, **kw, noise=noise, backend="torch")
     assert out.states.shape == (H + 1, B, S)
+    compare_with_reference(f"imagine-{backend}", "imagine", out, nets, states, noise, H, N)
     benchmark.extra_info["gflop"] = _flops(nets, "imagine") / 1e9
 
 
@@ -79,5 +86,10 @@ def test_best_of_n(benchmark, problem, backend, batch):
     s = states[:batch]
     n = 32
     kw = dict(actor=nets["actor"], critic=nets["critic"], num_samples=n, backend=backend)
-    out = benchmark(R.best_of_n, s, **kw, seed=3)
+    z = philox_normal(3, (n, batch, C))  # drawn here, outside the timed region
+    if backend == "cpu":
+        out = benchmark(R.best_of_n, s, **kw, seed=3)  # the native core draws it in-kernel
+    else:
+        out = benchmark(R.best_of_n, s, **kw, noise=z)
     assert out.chunks.shape == (s.shape[0], C)
+    compare_with_reference(f"best_of_n-{backend}", "best_of_n", out, nets, s, z, 1, n)

@@ -313,6 +313,9 @@ void py_mlp_forward(py::handle x, py::handle net, py::handle out, int num_thread
 
 py::array_t<float> py_philox_normal(uint64_t seed, py::ssize_t n, uint64_t start) {
   if (n < 0) throw py::value_error("n must be >= 0");
+  if (start != 0 && static_cast<uint64_t>(n) > UINT64_MAX - start + 1)  // i.e. start + n > 2^64
+    throw py::value_error("start + n must be <= 2**64 (the length of a Philox noise stream), got start=" +
+                          std::to_string(start) + ", n=" + std::to_string(n));
   py::array_t<float> out(n);
   float* p = out.mutable_data();
   {
@@ -320,6 +323,89 @@ py::array_t<float> py_philox_normal(uint64_t seed, py::ssize_t n, uint64_t start
     mac::philox_normal_fill(seed, start, static_cast<uint64_t>(n), p);
   }
   return out;
+}
+
+// A network given by its layer sizes only, [(in, out), ...] (the plan needs no weights).
+Net shape_net(py::handle obj, const std::string& name, int in_dim, int out_dim) {
+  Net net;
+  if (obj.is_none()) return net;
+  if (!py::isinstance<py::sequence>(obj) || py::isinstance<py::str>(obj))
+    throw py::type_error(name + " must be a sequence of (in, out) layer sizes or None");
+  auto seq = py::reinterpret_borrow<py::sequence>(obj);
+  if (seq.size() < 1 || seq.size() > 4096) throw py::value_error(name + " must have 1..4096 layers");
+  int prev = in_dim;
+  for (size_t l = 0; l < seq.size(); ++l) {
+    auto io = seq[l].cast<std::pair<py::ssize_t, py::ssize_t>>();
+    Layer layer;
+    layer.in = checked_dim(io.first, (name + " layer in").c_str());
+    layer.out = checked_dim(io.second, (name + " layer out").c_str());
+    if (layer.in != prev)
+      throw py::value_error(name + ".layer" + std::to_string(l) + " takes " + std::to_string(layer.in) +
+                            " features, expected " + std::to_string(prev));
+    net.layers.push_back(layer);
+    prev = layer.out;
+  }
+  if (prev != out_dim)
+    throw py::value_error(name + " outputs " + std::to_string(prev) + " features, expected " +
+                          std::to_string(out_dim));
+  return net;
+}
+
+// The thread plan best_of_n / imagine would run for these sizes (what parallel="auto" decides).
+py::dict py_parallel_plan(const std::string& kind, py::ssize_t B, py::ssize_t S, py::ssize_t G,
+                          py::ssize_t C, py::ssize_t N, py::ssize_t H, py::dict nets, int num_threads,
+                          const std::string& isa, const std::string& parallel) {
+  const int b = checked_dim(B, "B"), s = checked_dim(S, "S"), g = checked_dim(G, "G", true);
+  const int c = checked_dim(C, "C"), n = checked_dim(N, "num_samples"), h = checked_dim(H, "steps");
+  if (static_cast<long long>(s) + g + c > kMaxDim) throw py::value_error("input too wide");
+  auto get = [&](const char* k) { return nets.contains(k) ? py::object(nets[k]) : py::object(py::none()); };
+  const auto opts = make_options(num_threads, false, parallel);
+  const mac::Isa chosen = parse_isa(isa);
+  mac::cpu::Plan plan;
+  if (kind == "best_of_n") {
+    mac::cpu::BestOfNArgs a;
+    a.B = b; a.S = s; a.G = g; a.C = c; a.N = n;
+    a.actor = shape_net(get("actor"), "actor", s + g + c, c);
+    a.critic = shape_net(get("critic"), "critic", s + g + c, 1);
+    if (a.actor.empty() || a.critic.empty()) throw py::value_error("actor and critic are required");
+    plan = mac::cpu::plan_best_of_n(chosen, a, opts);
+  } else if (kind == "imagine") {
+    mac::cpu::ImagineArgs a;
+    a.B = b; a.S = s; a.G = g; a.C = c; a.N = n; a.H = h;
+    a.actor = shape_net(get("actor"), "actor", s + g + c, c);
+    a.critic = shape_net(get("critic"), "critic", s + g + c, 1);
+    a.dynamics = shape_net(get("dynamics"), "dynamics", s + c, s);
+    a.reward = shape_net(get("reward"), "reward", s + g + c, 1);
+    a.success = shape_net(get("success"), "success", s + g + c, 1);
+    if (a.actor.empty() || a.critic.empty() || a.dynamics.empty())
+      throw py::value_error("actor, critic and dynamics are required");
+    plan = mac::cpu::plan_imagine(chosen, a, opts);
+  } else {
+    throw py::value_error("kind must be 'best_of_n' or 'imagine', got '" + kind + "'");
+  }
+  py::dict d;
+  d["isa"] = mac::isa_name(chosen);
+  d["threads"] = plan.threads;
+  d["team_bon"] = plan.team_bon;
+  d["team_step"] = plan.team_step;
+  d["ntiles_bon"] = plan.ntiles_bon;
+  d["ntiles_step"] = plan.ntiles_step;
+  return d;
+}
+
+// Raw Philox4x32-10 block: isa "host" is the copy behind philox_normal (this file), otherwise the
+// copy compiled into that instruction set's kernels (capped by the CPU, like every `isa`).
+py::tuple py_philox4x32_10(std::vector<uint32_t> ctr, std::vector<uint32_t> key, const std::string& isa) {
+  if (ctr.size() != 4 || key.size() != 2)
+    throw py::value_error("counter must have 4 and key 2 unsigned 32-bit words");
+  uint32_t out[4];
+  if (isa == "host") {
+    const mac::Philox4 r = mac::philox4x32_10(ctr[0], ctr[1], ctr[2], ctr[3], key[0], key[1]);
+    for (int i = 0; i < 4; ++i) out[i] = r.v[i];
+  } else {
+    mac::cpu::philox_block(parse_isa(isa), ctr.data(), key.data(), out);
+  }
+  return py::make_tuple(out[0], out[1], out[2], out[3]);
 }
 
 py::array_t<float> py_gelu(py::handle x, const std::string& isa) {
@@ -406,6 +492,13 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("reps") = 2000, py::arg("num_threads") = 1, py::arg("isa") = "",
         "GFLOP/s of the micro-kernel on an in-cache problem (the practical FMA peak)");
+  m.def("parallel_plan", &py_parallel_plan, py::arg("kind"), py::arg("B"), py::arg("S"), py::arg("G"),
+        py::arg("C"), py::arg("num_samples"), py::arg("steps"), py::arg("nets"),
+        py::arg("num_threads") = 1, py::arg("isa") = "", py::arg("parallel") = "auto",
+        "The thread plan best_of_n / imagine run for these sizes: threads, column (team) or tile "
+        "split per phase. nets: name -> [(in, out), ...] layer sizes (or None).");
+  m.def("philox4x32_10", &py_philox4x32_10, py::arg("counter"), py::arg("key"), py::arg("isa") = "host",
+        "Raw Philox4x32-10 of the copy in `isa` ('host' or an ISA copy): 4 counter + 2 key words -> 4 words");
   m.def("resolve_isa", [](const std::string& isa) { return std::string(mac::isa_name(parse_isa(isa))); },
         py::arg("isa") = "", "The ISA copy a call with this `isa` argument would use");
 }

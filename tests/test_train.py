@@ -174,3 +174,78 @@ def test_rng_state_covers_cuda_and_forked_rng_protects_the_training_stream(monke
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(RuntimeError, match="CUDA device"):
         checkpoint.set_rng_state(dict(st, cuda=[torch.zeros(8, dtype=torch.uint8)] * 2))
+
+
+KILL_MID_SAVE = r"""
+# `mac train` that SIGKILLs itself halfway through writing its 2nd checkpoint: half of the
+# serialized bytes reach the (temporary) file, are fsynced, and the process dies.
+import io, os, signal, sys
+import torch
+
+real_save, saves = torch.save, []
+
+def save(obj, f, *args, **kwargs):
+    if "ckpt_" in str(getattr(f, "name", "")):
+        saves.append(f.name)
+        if len(saves) == 2:
+            buf = io.BytesIO()
+            real_save(obj, buf, *args, **kwargs)
+            f.write(buf.getvalue()[: buf.tell() // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+
+torch.save = save
+from mac.cli import main
+sys.exit(main(["train", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_checkpoint_save_then_resume(tiny_cube_dir, tmp_path, capsys):
+    """Killed (SIGKILL, no cleanup) halfway through writing checkpoint 6: no partial file is visible
+    as a checkpoint, checkpoint 3 is the newest, and a resume from it completes the run."""
+    import signal
+    import subprocess
+    import sys
+
+    from mac.checkpoint import CKPT_PATTERN
+    from mac.train import main
+
+    script = tmp_path / "kill_mid_save.py"
+    script.write_text(KILL_MID_SAVE)
+    run_dir = tmp_path / "runs" / "killed"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--env_name", "cube-single-play-singletask-task2-v0",
+         "--dataset_dir", str(tiny_cube_dir), "--save_dir", str(tmp_path / "runs"), "--run_name", "killed",
+         "--offline_steps", "6", "--save_interval", "3", "--log_interval", "1", "--eval_interval", "0",
+         "--eval_episodes", "1", "--no_progress", "--seed", "3", *TINY],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+    ckpts = run_dir / "checkpoints"
+    names = sorted(p.name for p in ckpts.iterdir())
+    visible = [n for n in names if CKPT_PATTERN.match(n)]
+    assert visible == ["ckpt_000000003.pt"] == [p.name for p in list_checkpoints(ckpts)], (
+        f"after a kill during the save of step 6 the checkpoints are {names}")
+    assert load_checkpoint(run_dir)["step"] == 3                                      # the last complete one
+    partial = [n for n in names if n.startswith(".ckpt_000000006.pt.tmp")]
+    assert partial, f"the kill did not happen while writing checkpoint 6: {names}"   # the test's premise
+    with pytest.raises(Exception):
+        torch.load(ckpts / partial[0], weights_only=True)                              # it is truncated
+    killed_rows = _rows(run_dir / "train.csv")
+    assert [r[0] for r in killed_rows[1:]] == ["1", "2", "3", "4", "5", "6"]          # it died at the save
+
+    capsys.readouterr()
+    assert main(["--restore_path", str(run_dir), "--no_progress", "--eval_episodes", "1"]) == 0
+    assert f"resumed {run_dir} at step 3" in capsys.readouterr().out
+    final = load_checkpoint(run_dir)
+    assert final["step"] == 6 and [p.name for p in list_checkpoints(ckpts)] == [
+        "ckpt_000000003.pt", "ckpt_000000006.pt"]
+    # The resumed steps 4..6 replay the killed run's steps 4..6 exactly (same losses): the state
+    # came whole from checkpoint 3. (train.csv is append-only, so it now lists steps 4..6 twice.)
+    header, replay = killed_rows[0], _rows(run_dir / "train.csv")[len(killed_rows):]
+    loss = header.index("loss/total")
+    assert [r[0] for r in replay] == ["4", "5", "6"]
+    assert [r[loss] for r in replay] == [r[loss] for r in killed_rows[4:7]]

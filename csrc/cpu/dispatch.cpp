@@ -84,6 +84,13 @@ double gemm_peak_probe(Isa isa, int reps, int num_threads) {
   MAC_DISPATCH(isa, gemm_peak_probe(reps, num_threads))
 }
 bool isa_has_bf16(Isa isa) { MAC_DISPATCH(isa, has_bf16()) }
+Plan plan_best_of_n(Isa isa, const BestOfNArgs& a, const Options& o) {
+  MAC_DISPATCH(isa, plan_best_of_n(a, o))
+}
+Plan plan_imagine(Isa isa, const ImagineArgs& a, const Options& o) { MAC_DISPATCH(isa, plan_imagine(a, o)) }
+void philox_block(Isa isa, const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]) {
+  MAC_DISPATCH(isa, philox_block(ctr, key, out))
+}
 
 #undef MAC_DISPATCH
 

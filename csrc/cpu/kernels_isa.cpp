@@ -820,13 +820,24 @@ int clamp_threads(int t) { return t < 1 ? 1 : t; }
 
 // ================================================================================ entry points
 
-void best_of_n(const BestOfNArgs& a, const Options& o) {
+Plan plan_best_of_n(const BestOfNArgs& a, const Options& o) {
+  Plan plan;
   const int spt = bon_states_per_tile(a.N);
-  const int ntiles = (a.B + spt - 1) / spt;
+  plan.ntiles_bon = (a.B + spt - 1) / spt;
   const int Mp = round_up(std::min(spt, a.B) * a.N, VW);
   const double per_row = net_flops_per_row(a.actor) + net_flops_per_row(a.critic);
-  const int threads = effective_threads(o, per_row * a.B * a.N);
-  const bool team_mode = use_team_mode(o, ntiles, threads, flops_per_layer({&a.actor, &a.critic}, Mp));
+  plan.threads = effective_threads(o, per_row * a.B * a.N);
+  plan.team_bon = use_team_mode(o, plan.ntiles_bon, plan.threads, flops_per_layer({&a.actor, &a.critic}, Mp));
+  return plan;
+}
+
+void best_of_n(const BestOfNArgs& a, const Options& o) {
+  const Plan plan = plan_best_of_n(a, o);
+  const int spt = bon_states_per_tile(a.N);
+  const int ntiles = plan.ntiles_bon;
+  const int Mp = round_up(std::min(spt, a.B) * a.N, VW);
+  const int threads = plan.threads;
+  const bool team_mode = plan.team_bon;
   Dims dims;
   dims.add(a.actor);
   dims.add(a.critic);
@@ -845,19 +856,34 @@ void best_of_n(const BestOfNArgs& a, const Options& o) {
   }
 }
 
-void imagine(const ImagineArgs& a, const Options& o) {
+Plan plan_imagine(const ImagineArgs& a, const Options& o) {
+  Plan plan;
   const int spt = bon_states_per_tile(a.N);
-  const int ntiles_bon = (a.B + spt - 1) / spt;
-  const int ntiles_step = (a.B + kTileRows - 1) / kTileRows;
+  plan.ntiles_bon = (a.B + spt - 1) / spt;
+  plan.ntiles_step = (a.B + kTileRows - 1) / kTileRows;
   const int mp_bon = round_up(std::min(spt, a.B) * a.N, VW);
   const int mp_step = round_up(std::min(kTileRows, a.B), VW);
   const double per_state = a.N * (net_flops_per_row(a.actor) + net_flops_per_row(a.critic)) +
                            net_flops_per_row(a.dynamics) + net_flops_per_row(a.reward) +
                            net_flops_per_row(a.success);
-  const int threads = effective_threads(o, per_state * a.B * a.H);
-  const bool team_bon = use_team_mode(o, ntiles_bon, threads, flops_per_layer({&a.actor, &a.critic}, mp_bon));
-  const bool team_step = use_team_mode(
-      o, ntiles_step, threads, flops_per_layer({&a.dynamics, &a.reward, &a.success}, mp_step));
+  plan.threads = effective_threads(o, per_state * a.B * a.H);
+  plan.team_bon = use_team_mode(o, plan.ntiles_bon, plan.threads,
+                                flops_per_layer({&a.actor, &a.critic}, mp_bon));
+  plan.team_step = use_team_mode(o, plan.ntiles_step, plan.threads,
+                                 flops_per_layer({&a.dynamics, &a.reward, &a.success}, mp_step));
+  return plan;
+}
+
+void imagine(const ImagineArgs& a, const Options& o) {
+  const Plan plan = plan_imagine(a, o);
+  const int spt = bon_states_per_tile(a.N);
+  const int ntiles_bon = plan.ntiles_bon;
+  const int ntiles_step = plan.ntiles_step;
+  const int mp_bon = round_up(std::min(spt, a.B) * a.N, VW);
+  const int mp_step = round_up(std::min(kTileRows, a.B), VW);
+  const int threads = plan.threads;
+  const bool team_bon = plan.team_bon;
+  const bool team_step = plan.team_step;
   Dims dims;
   dims.add(a.actor);
   dims.add(a.critic);
@@ -984,6 +1010,11 @@ double gemm_peak_probe(int reps, int num_threads) {
   }
   const double flops = 2.0 * K * O * Mp * static_cast<double>(reps) * used;
   return flops / seconds * 1e-9;
+}
+
+void philox_block(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]) {
+  const Philox4 r = philox4x32_10(ctr[0], ctr[1], ctr[2], ctr[3], key[0], key[1]);
+  for (int i = 0; i < 4; ++i) out[i] = r.v[i];
 }
 
 bool has_bf16() {

@@ -166,9 +166,24 @@ def imagine(states, goals, actor, critic, dynamics, reward, success, steps, num_
     return out
 
 
+def parallel_plan(kind: str, B: int, S: int, G: int, C: int, num_samples: int, nets: dict,
+                  steps: int = 1, *, num_threads=None, isa=None, parallel="auto") -> dict:
+    """How :func:`best_of_n` (``kind="best_of_n"``) or :func:`imagine` would spread these sizes over
+    threads: ``threads`` (1 below the core's work threshold under "auto"), ``team_bon`` /
+    ``team_step`` (all threads on each tile, splitting layer outputs, vs whole tiles per thread) and
+    the tile counts. ``nets``: name -> MLP or None. The kernels run exactly this plan."""
+    sizes = {k: [(int(lay.weight.shape[1]), int(lay.weight.shape[0])) for lay in n.dense_layers()]
+             for k, n in nets.items() if n is not None}
+    return dict(_ext().parallel_plan(kind, B, S, G, C, num_samples, steps, sizes,
+                                     num_threads=_threads(num_threads), isa=_isa_arg(isa),
+                                     parallel=parallel))
+
+
 def mlp_forward(net: MLP, x: torch.Tensor, *, num_threads=None, isa=None, parallel="auto",
                 bf16=False) -> torch.Tensor:
     """One network on the rows of ``x`` (R, in) with the native core (used by tests/benchmarks)."""
+    if not isinstance(net, MLP):
+        raise TypeError(f"net must be a mac.nets.MLP, got {type(net).__name__}")
     xa = _as_input("x", x)
     if xa.ndim != 2:
         raise ValueError("x must be (rows, in_dim)")

@@ -8,9 +8,15 @@ machine's FMA peak measured by the native micro-kernel on an in-cache problem (p
 1024x1024 for reference). GFLOP/s count 2 * in * out per row per layer for every network evaluated
 (N candidates through actor and critic, then dynamics / reward / success on the chosen chunk).
 
-Noise: the native core draws its Philox noise itself inside the timed region (seed); the PyTorch
-backends get the same noise precomputed outside it (generating it with numpy is not what is being
-measured), so the comparison is conservative for the native core.
+Noise: the native core draws its Philox noise itself inside the timed region (``seed``); the
+PyTorch backends get the same noise, ``mac.noise.philox_normal(seed, shape)``, precomputed outside it
+(generating it with numpy is not what is being measured), so the comparison is conservative for the
+native core. Before a case is timed, :func:`check_agreement` checks that the native core and the
+PyTorch reference compute the same thing from that noise; a disagreement stops the benchmark.
+
+Peaks: "% of micro-kernel peak" is relative to the native micro-kernel's measured in-cache
+throughput (what this code can reach here); "% of theoretical peak" to cores x clock x FLOP/cycle
+(:func:`theoretical_peak`, which states where its clock comes from and what it assumes).
 """
 
 from __future__ import annotations
@@ -98,7 +104,7 @@ def _make(kind, B, H, N, S, C, hidden, seed):
         n.requires_grad_(False)
     states = torch.randn(B, S)
     shape = (N, B, C) if kind == "best_of_n" else (H, N, B, C)
-    noise = philox_normal(seed + 1, shape)
+    noise = philox_normal(seed, shape)  # exactly what the native core draws from `seed`
     return nets, states, noise
 
 
@@ -188,6 +194,208 @@ def _agreement(kind, nets, states, H, N, seed) -> float:
     return float((a.indices == b.indices).float().mean())
 
 
+# ------------------------------------------------------------------------------------ agreement
+
+AGREE_ROWS = 8        # rows of the batch compared (rows are independent: a prefix is a fair sample)
+ERR_FACTOR = 8.0      # native error vs float64 <= ERR_FACTOR x the float32-level error + ERR_FLOOR x |value|
+ERR_FLOOR = 1e-5
+GAP_FACTOR = 16.0     # a decision (argmax, success threshold) may differ only within this x that error
+PERTURB = 2.0 ** -23  # relative weight perturbation of the float32-level sensitivity run
+
+
+class Disagreement(RuntimeError):
+    """The native core and the PyTorch reference computed different results for a case."""
+
+
+def _perturbed(net64, seed):
+    """A float64 copy with every parameter scaled by 1 + U(-PERTURB, PERTURB): how much the result
+    moves under float32-sized changes measures float32's error where sums cancel (a 1024-term dot
+    product of O(1) terms with an O(0.01) result: ~1e-5 absolute, far above 1e-5 x |result|)."""
+    import copy
+    g = torch.Generator().manual_seed(seed)
+    p = copy.deepcopy(net64)
+    for prm in p.parameters():
+        prm.mul_(1 + PERTURB * (2 * torch.rand(prm.shape, generator=g, dtype=torch.float64) - 1))
+    return p
+
+
+def _decided(q64, *others):
+    """(B,) columns of (N, B) float64 critic values whose argmax is clear of the float32-level
+    errors of ``others`` (the same values in float32, and with perturbed weights)."""
+    finite = torch.isfinite(q64).all(0)
+    if q64.shape[0] == 1:
+        return finite
+    top = q64.topk(2, dim=0).values
+    err = torch.stack([(q.double() - q64).abs().nan_to_num(float("inf")).amax(0) for q in others]).amax(0)
+    return finite & (top[0] - top[1] > torch.clamp(GAP_FACTOR * err, min=1e-6))
+
+
+def _all_q(states, actor, critic, noise):
+    from mac import rollout as R
+    n = noise.shape[0]
+    s = states.unsqueeze(0).expand(n, -1, -1)
+    cand = actor(R._concat(s, noise)).clamp(-1.0, 1.0)  # the one-step actor (what the native core runs)
+    return critic(R._concat(s, cand)).squeeze(-1)
+
+
+def _compare(case, name, nat, ref64, rows, ref32, refp):
+    """Over the comparable ``rows``: max |native - float64| <= ERR_FACTOR x the larger of
+    max |torch32 - float64| and max |perturbed - float64|, + ERR_FLOOR max(1, max |float64|)."""
+    if not bool(rows.any()):
+        return
+    def err(x):
+        return float((x.double() - ref64.double()).abs()[rows].max())
+    e_nat, e_ref = err(nat), max(err(ref32), err(refp))
+    scale = max(1.0, float(ref64.double().abs()[rows].max()))
+    if not e_nat <= ERR_FACTOR * e_ref + ERR_FLOOR * scale:
+        raise Disagreement(
+            f"{case}: the native core and the PyTorch reference disagree on {name}: native error "
+            f"{e_nat:.3g} against a float64 evaluation, where float32's is {e_ref:.3g} (allowed: "
+            f"{ERR_FACTOR:g}x that + {ERR_FLOOR:g} x {scale:.3g})")
+
+
+@torch.no_grad()
+def check_agreement(case, kind, nets, states, noise, H, N, seed, rows=AGREE_ROWS) -> str:
+    """Before timing ``case``: run the native core exactly as timed (seeded, whole batch) and compare
+    it with the PyTorch reference given the noise the torch backends are timed with
+    (:func:`compare_with_reference`). Raises :class:`Disagreement`; returns a note for the table."""
+    from mac import rollout as R
+
+    if kind == "best_of_n":
+        nat = R.best_of_n(states, None, actor=nets["actor"], critic=nets["critic"], num_samples=N,
+                          seed=seed, backend="cpu")
+    else:
+        nat = R.imagine(states, None, **{k: nets[k] for k in _ORDER}, steps=H, num_samples=N, seed=seed,
+                        backend="cpu")
+    return compare_with_reference(case, kind, nat, nets, states, noise, H, N, rows)
+
+
+_ORDER = ("actor", "critic", "dynamics", "reward", "success")
+
+
+@torch.no_grad()
+def compare_with_reference(case, kind, result, nets, states, noise, H, N, rows=AGREE_ROWS) -> str:
+    """Compare the first ``rows`` rows of ``result`` (a BestOfN / Rollout of the whole batch) with
+    the PyTorch reference run on ``noise``, judged by a float64 evaluation. Tolerance, as in
+    tests/test_native_cpu.py: native and torch are float32 evaluations of the same networks in
+    different summation orders, so the error must be of the order of float32's own: <= 8x the
+    larger of torch float32's error and the change of the float64 result under float32-sized weight
+    perturbations, + 1e-5 relative. Argmax / success decisions may differ only where the float64
+    margin is within 16x that error, and a rollout row is compared only up to such a near-tie
+    (after it, trajectories legitimately part). Raises :class:`Disagreement`."""
+    import copy
+    from mac import rollout as R
+
+    b = min(rows, states.shape[0])
+    s = states[:b]
+    n64 = {k: copy.deepcopy(v).double() for k, v in nets.items()}
+    npt = {k: _perturbed(v, i) for i, (k, v) in enumerate(n64.items())}
+    if kind == "best_of_n":
+        nat = result
+        z = noise[:, :b].contiguous()
+        z64 = z.double()
+        ref32 = R.best_of_n_reference(s, None, nets["actor"], nets["critic"], z)
+        ref64 = R.best_of_n_reference(s.double(), None, n64["actor"], n64["critic"], z64)
+        refp = R.best_of_n_reference(s.double(), None, npt["actor"], npt["critic"], z64)
+        ok = _decided(_all_q(s.double(), n64["actor"], n64["critic"], z64),
+                      _all_q(s, nets["actor"], nets["critic"], z),
+                      _all_q(s.double(), npt["actor"], npt["critic"], z64))
+        if not torch.equal(nat.indices[:b][ok], ref64.indices[ok]):
+            raise Disagreement(f"{case}: the native core chose other candidates than the float64 "
+                               f"reference where the choice is clear: {nat.indices[:b][ok].tolist()} "
+                               f"vs {ref64.indices[ok].tolist()}")
+        ok &= (ref32.indices == ref64.indices) & (refp.indices == ref64.indices)
+        _compare(case, "chunks", nat.chunks[:b], ref64.chunks, ok, ref32.chunks, refp.chunks)
+        _compare(case, "scores", nat.scores[:b], ref64.scores, ok, ref32.scores, refp.scores)
+        return f"agrees with torch on {int(ok.sum())}/{b} rows"
+    order = _ORDER
+    nat = result
+    z = noise[:, :, :b].contiguous()
+    z64 = z.double()
+    ref32 = R.imagine_reference(s, None, *(nets[k] for k in order), z)
+    ref64 = R.imagine_reference(s.double(), None, *(n64[k] for k in order), z64)
+    refp = R.imagine_reference(s.double(), None, *(npt[k] for k in order), z64)
+    valid = torch.ones(H + 1, b, dtype=torch.bool)
+    for k in range(H):
+        sk = ref64.states[k]
+        ok = _decided(_all_q(sk, n64["actor"], n64["critic"], z64[k]),
+                      _all_q(sk.float(), nets["actor"], nets["critic"], z[k]),
+                      _all_q(sk, npt["actor"], npt["critic"], z64[k]))
+        x = R._concat(sk, ref64.chunks[k])
+        l64 = n64["success"](x).squeeze(-1)
+        err = torch.maximum((nets["success"](x.float()).squeeze(-1).double() - l64).abs(),
+                            (npt["success"](x).squeeze(-1) - l64).abs())
+        ok &= l64.abs() > torch.clamp(GAP_FACTOR * err, min=1e-6)
+        valid[k + 1] = valid[k] & ok
+    for name in ("chunks", "rewards", "masks", "q"):
+        _compare(case, name, getattr(nat, name)[:, :b], getattr(ref64, name), valid[1:],
+                 getattr(ref32, name), getattr(refp, name))
+    _compare(case, "states", nat.states[:, :b], ref64.states, valid, ref32.states, refp.states)
+    return f"agrees with torch on {int(valid[-1].sum())}/{b} rows x {H} steps"
+
+
+# ------------------------------------------------------------------------------------ peaks
+
+FMA_PIPES = 2  # assumed FMA units per core (Intel Xeon Gold/Platinum, AMD Zen 5; Zen 4 splits 512-bit FMAs)
+ISA_LANES = {"avx512": 16, "avx2": 8, "generic": 4}  # float32 lanes of each ISA copy (generic: SSE)
+
+
+def _cpu_topology() -> tuple[int, int]:
+    """(logical CPUs this process may run on, physical cores among them), from sched_getaffinity and
+    /proc/cpuinfo (physical id, core id); physical = logical where that is not available."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = list(range(os.cpu_count() or 1))
+    cores, proc, phys = set(), None, "0"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = (x.strip() for x in line.partition(":"))
+                if key == "processor":
+                    proc = int(val)
+                elif key == "physical id":
+                    phys = val
+                elif key == "core id" and proc in allowed:
+                    cores.add((phys, val))
+    except (OSError, ValueError):
+        pass
+    return len(allowed), (len(cores) or len(allowed))
+
+
+def _cpu_clock() -> tuple[float | None, str]:
+    """(GHz, where it came from): cpufreq's maximum (the boost clock) if the kernel exposes it,
+    else /proc/cpuinfo's "cpu MHz" (the current clock; on a VM usually the nominal one)."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as f:
+            return int(f.read().strip()) / 1e6, "cpufreq cpuinfo_max_freq (maximum boost clock)"
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return float(line.split(":", 1)[1]) / 1e3, ("/proc/cpuinfo 'cpu MHz' (current clock as "
+                                                                "reported; no cpufreq here, may be below boost)")
+    except (OSError, ValueError):
+        pass
+    return None, "unknown (no cpufreq, no 'cpu MHz' in /proc/cpuinfo)"
+
+
+def theoretical_peak(threads: int, isa: str) -> dict:
+    """Float32 peak of ``threads`` threads: cores x clock x FLOP/cycle, FLOP/cycle = lanes of the ISA
+    copy x 2 (an FMA is 2 FLOPs) x FMA_PIPES. An upper bound: cores are physical cores (SMT
+    siblings share FMA units), the clock is what the system reports (see ``clock_source``; wide
+    vector code may run slower), and two full-width FMA pipes are assumed."""
+    logical, physical = _cpu_topology()
+    cores = max(1, min(threads, physical))
+    ghz, source = _cpu_clock()
+    per_cycle = ISA_LANES.get(isa, 4) * 2 * FMA_PIPES
+    return {"gflops": None if ghz is None else cores * ghz * per_cycle, "cores": cores,
+            "physical_cores": physical, "logical_cpus": logical, "ghz": ghz, "clock_source": source,
+            "flop_per_cycle": per_cycle, "isa": isa}
+
+
 def gemm_peak(threads: int) -> dict[str, float]:
     from mac._native import require_cpu_ext
 
@@ -200,7 +408,8 @@ def gemm_peak(threads: int) -> dict[str, float]:
     for _ in range(reps):
         torch.mm(a, b)
     mm = 2 * 1024 ** 3 * reps / (time.perf_counter() - t0) / 1e9
-    return {"micro_kernel": peak, "torch_mm": mm}
+    return {"micro_kernel": peak, "torch_mm": mm,
+            "theoretical": theoretical_peak(threads, ext.resolve_isa(""))}
 
 
 def _fmt(x, spec):
@@ -218,7 +427,8 @@ def run(args: argparse.Namespace) -> int:
     cases = sorted(CASES) if "all" in args.cases else list(dict.fromkeys(args.cases))
     peak = gemm_peak(threads)
     print(f"FMA peak (native micro-kernel, in cache, {threads} threads): {peak['micro_kernel']:.1f} "
-          f"GFLOP/s; torch.mm 1024x1024: {peak['torch_mm']:.1f} GFLOP/s", file=sys.stderr)
+          f"GFLOP/s; torch.mm 1024x1024: {peak['torch_mm']:.1f} GFLOP/s; {_theory_line(peak)}",
+          file=sys.stderr)
     rows: list[Row] = []
     shapes = {}
     for name in cases:
@@ -229,6 +439,12 @@ def run(args: argparse.Namespace) -> int:
         shapes[name] = (kind, B, H, N, S, C, hidden)
         nets, states, noise = _make(kind, B, H, N, S, C, hidden, args.seed)
         flops = _flops(kind, B, H, N, nets)
+        try:
+            agreed = check_agreement(name, kind, nets, states, noise, H, N, args.seed)
+        except Disagreement as exc:
+            print(f"mac bench: error: {exc}. Not timing results that differ.", file=sys.stderr)
+            return 1
+        print(f"{name:11s} check: native (seed {args.seed}) {agreed} (same noise)", file=sys.stderr)
         for backend in args.backends:
             note = ""
             try:
@@ -240,6 +456,8 @@ def run(args: argparse.Namespace) -> int:
                 secs, n = _time(fn, args.repeats, args.budget)
                 if backend == "native-bf16":
                     note = f"argmax agreement with float32 {100 * _agreement(kind, nets, states, H, N, args.seed):.1f}%"
+                if backend == "native":
+                    note = agreed
                 note = ", ".join(x for x in (note, f"n={n}") if x)
                 rows.append(Row(name, backend, secs, flops / secs / 1e9, note))
             except Exception as exc:  # torch.compile may be unavailable (no C++ compiler, ...)
@@ -308,12 +526,15 @@ def _markdown(rows, shapes, peak, threads, ext) -> str:
     out = [f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M}, {cpu}, {os.cpu_count()} logical CPUs, "
            f"{threads} threads, torch {torch.__version__}, native ISA {info['cpu_isa']}.",
            "",
-           f"FMA peak measured in this run: **{peak['micro_kernel']:.1f} GFLOP/s** (the native "
-           f"micro-kernel on an in-cache 96x256x64 problem per thread); torch.mm 1024x1024x1024: "
-           f"{peak['torch_mm']:.1f} GFLOP/s.",
+           f"Micro-kernel peak measured in this run: **{peak['micro_kernel']:.1f} GFLOP/s** (the "
+           f"native micro-kernel on an in-cache 96x256x64 problem per thread: what this code reaches "
+           f"here); torch.mm 1024x1024x1024: {peak['torch_mm']:.1f} GFLOP/s.",
            "",
-           "| case | shape | backend | median time | GFLOP/s | % of fp32 peak | native speed-up | note |",
-           "|---|---|---|---|---|---|---|---|"]
+           f"{_theory_line(peak)}.",
+           "",
+           "| case | shape | backend | median time | GFLOP/s | % of micro-kernel peak "
+           "| % of theoretical peak | native speed-up | note |",
+           "|---|---|---|---|---|---|---|---|---|"]
     by_case: dict[str, dict[str, Row]] = {}
     for r in rows:
         by_case.setdefault(r.case, {})[r.backend] = r
@@ -325,20 +546,33 @@ def _markdown(rows, shapes, peak, threads, ext) -> str:
         nat = d.get("native")
         for backend, r in d.items():
             if r.seconds is None:
-                out.append(f"| {case} | {shape} | {backend} | — | — | — | — | {r.note} |")
+                out.append(f"| {case} | {shape} | {backend} | — | — | — | — | — | {r.note} |")
                 continue
             t = f"{r.seconds * 1e3:.1f} ms" if r.seconds < 10 else f"{r.seconds:.2f} s"
             pct = 100.0 * r.gflops / peak["micro_kernel"]
+            theory = peak["theoretical"]["gflops"]
+            pct_t = f"{100.0 * r.gflops / theory:.0f}%" if theory else "—"
             speed = ""
             if backend != "native" and nat is not None and nat.seconds:
                 speed = f"{r.seconds / nat.seconds:.2f}x"
-            out.append(f"| {case} | {shape} | {backend} | {t} | {r.gflops:.1f} | {pct:.0f}% | {speed} "
-                       f"| {r.note} |")
+            out.append(f"| {case} | {shape} | {backend} | {t} | {r.gflops:.1f} | {pct:.0f}% | {pct_t} "
+                       f"| {speed} | {r.note} |")
     out.append("")
     out.append("native speed-up = backend time / native (float32) time, same case, same run; "
                "native-bf16 rows: < 1 means bf16 is faster. GFLOP/s count the float32-equivalent "
                "multiply-adds (2 per MAC).")
     return "\n".join(out) + "\n"
+
+
+def _theory_line(peak) -> str:
+    t = peak["theoretical"]
+    if t["gflops"] is None:
+        return f"theoretical fp32 peak: unknown (CPU clock not found: {t['clock_source']})"
+    return (f"Theoretical fp32 peak: **{t['gflops']:.1f} GFLOP/s** = {t['cores']} physical core(s) x "
+            f"{t['ghz']:.3f} GHz x {t['flop_per_cycle']} FLOP/cycle ({t['isa']}: "
+            f"{ISA_LANES.get(t['isa'], 4)} lanes x 2 per FMA x {FMA_PIPES} FMA pipes, assumed); clock "
+            f"from {t['clock_source']}; an upper bound ({t['logical_cpus']} logical CPUs, "
+            f"{t['physical_cores']} physical cores available)")
 
 
 def main(argv=None) -> int:  # `python -m mac.bench` until the CLI wires `mac bench`

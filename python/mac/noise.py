@@ -49,6 +49,9 @@ def philox4x32_10(counter: np.ndarray, key: tuple[int, int]) -> np.ndarray:
 def philox_normal_numpy(seed: int, numel: int, start: int = 0) -> np.ndarray:
     """Elements ``start .. start+numel-1`` of the standard-normal stream of ``seed``, float32."""
     seed = check_seed(seed)
+    if start < 0 or numel < 0 or start + numel > 2 ** 64:
+        raise ValueError(f"need 0 <= start and start + numel <= 2**64 (the length of a noise stream), "
+                         f"got start={start}, numel={numel}")
     if numel == 0:
         return np.zeros(0, np.float32)
     first, last = start // 4, (start + numel - 1) // 4

@@ -52,6 +52,16 @@ struct Options {
   Parallel parallel = Parallel::automatic;
 };
 
+// How an entry point spreads its work over threads: what Parallel::automatic decided (or the forced
+// mode). The entry points run exactly this plan (they call plan_* themselves); exposed for tests.
+struct Plan {
+  int threads = 1;         // threads of the OpenMP parallel region (auto: 1 below kParallelMinFlops)
+  bool team_bon = false;   // best-of-N phase: all threads on each tile, splitting layer outputs
+  bool team_step = false;  // model-step phase of a rollout (imagine only)
+  int ntiles_bon = 0;      // best-of-N tiles (per step)
+  int ntiles_step = 0;     // model-step tiles (per step; imagine only)
+};
+
 struct BestOfNArgs {
   int B = 0, S = 0, G = 0, C = 0, N = 0;
   const float* states = nullptr;  // (B, S)
@@ -87,6 +97,10 @@ struct ImagineArgs {
                    const Options& o);                                          \
   double gemm_peak_probe(int reps, int num_threads);                          \
   bool has_bf16();                                                             \
+  Plan plan_best_of_n(const BestOfNArgs& a, const Options& o);                \
+  Plan plan_imagine(const ImagineArgs& a, const Options& o);                  \
+  void philox_block(const uint32_t ctr[4], const uint32_t key[2],              \
+                    uint32_t out[4]);                                          \
   }
 MAC_DECLARE_ISA(generic)
 MAC_DECLARE_ISA(avx2)
@@ -101,6 +115,10 @@ void gelu(Isa isa, const float* x, float* y, int64_t n);
 void mlp_forward(Isa isa, const Net& net, const float* x, float* y, int rows, const Options& o);
 double gemm_peak_probe(Isa isa, int reps, int num_threads);
 bool isa_has_bf16(Isa isa);
+Plan plan_best_of_n(Isa isa, const BestOfNArgs& a, const Options& o);
+Plan plan_imagine(Isa isa, const ImagineArgs& a, const Options& o);
+// Raw Philox4x32-10 of this copy's mac/philox.h (known-answer tests of every compiled copy).
+void philox_block(Isa isa, const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
 
 }  // namespace cpu
 }  // namespace mac

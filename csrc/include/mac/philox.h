@@ -88,16 +88,15 @@ MAC_HD inline void philox_normal4(uint64_t seed, uint64_t block, float out[4]) {
   out[3] = static_cast<float>(r23 * sin(t23));
 }
 
-// Elements [start, start + n) of the stream of `seed` into out[0..n).
+// Elements [start, start + n) of the stream of `seed` into out[0..n); the stream has 2^64 elements
+// (callers keep start + n <= 2^64). Counts down n instead of comparing against start + n or the
+// block's end, which overflow to 0 in the stream's last block (that loop never ended).
 MAC_HD inline void philox_normal_fill(uint64_t seed, uint64_t start, uint64_t n, float* out) {
   uint64_t e = start;
-  const uint64_t end = start + n;
   float z[4];
-  while (e < end) {
-    const uint64_t block = e >> 2;
-    philox_normal4(seed, block, z);
-    const uint64_t block_end = (block + 1) << 2;
-    for (; e < end && e < block_end; ++e) *out++ = z[e & 3];
+  while (n > 0) {
+    philox_normal4(seed, e >> 2, z);
+    for (unsigned j = static_cast<unsigned>(e & 3u); j < 4u && n > 0; ++j, ++e, --n) *out++ = z[j];
   }
 }
 
