@@ -20,16 +20,8 @@ from mac.diagnostics import ROLLOUT_ENV_STEPS, ROLLOUT_SEQUENCES, Diagnostics
 from mac.nets import MLP, GaussianActor
 from mac.rollout import _resolve_backend, best_of_n, best_of_n_reference, imagine
 
-S, A, H = 4, 2, 3
+from test_agent import A, H, S, tiny_config  # noqa: E402  (one tiny agent for all agent tests)
 C = H * A
-
-
-def tiny_config(**kw):
-    base = dict(chunk_len=H, rollout_steps=2, rollout_batch=4, num_samples_train=3, num_samples_test=4,
-                flow_steps=3, discount=0.9, tau=0.1, batch_size=8, lr=1e-3, hidden_dims=(16, 16),
-                rollout_backend="torch")
-    base.update(kw)
-    return AgentConfig(**base).validate()
 
 
 def batch(B=8, goal_dim=0, seed=0, chunk=C):

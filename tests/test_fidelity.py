@@ -17,7 +17,7 @@ from mac.data import ChunkSampler, GoalMixture, Normalizer, OfflineData
 from mac.nets import MLP
 from mac.rollout import Rollout, _resolve_backend, imagine, imagine_reference
 
-S, A, H = 4, 2, 3
+from test_agent import A, H, S, batch, tiny_config  # noqa: E402  (one tiny agent for all agent tests)
 EPS = 1e-5
 
 
@@ -243,25 +243,6 @@ def test_mlp_without_layer_norm():
     assert all(d.norm_weight is None for d in m.dense_layers())
     with_ln = MLP(7, 3, (11, 13))
     assert with_ln.layer_norm and sum(isinstance(x, torch.nn.LayerNorm) for x in with_ln.layers) == 2
-
-
-def tiny_config(**kw):
-    base = dict(chunk_len=H, rollout_steps=2, rollout_batch=4, num_samples_train=3, num_samples_test=4,
-                flow_steps=3, discount=0.9, tau=0.1, batch_size=8, lr=1e-3, hidden_dims=(16, 16),
-                rollout_backend="torch")
-    base.update(kw)
-    return AgentConfig(**base).validate()
-
-
-def batch(B=8, goal_dim=0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    b = {"observations": torch.randn(B, S, generator=g), "actions": torch.rand(B, H * A, generator=g) * 2 - 1,
-         "next_observations": torch.randn(B, S, generator=g), "rewards": -torch.rand(B, generator=g),
-         "masks": (torch.rand(B, generator=g) > 0.3).float()}
-    if goal_dim:
-        b["value_goals"] = torch.randn(B, goal_dim, generator=g)
-        b["actor_goals"] = torch.randn(B, goal_dim, generator=g)
-    return b
 
 
 def test_agent_layer_norm_switch_and_rollout_fallback():
