@@ -9,10 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.nn import functional as F
 
 from conftest import make_episodes
-from mac.agent import MACAgent, euler_flow
+from mac.agent import MACAgent
 from mac.checkpoint import rng_state
 from mac.config import AgentConfig, apply_agent_flags, native_rollout_supported, preset
 from mac.data import ChunkSampler, OfflineData
