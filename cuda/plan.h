@@ -1,7 +1,7 @@
 // Host-only launch planning of the CUDA core: shape checks, workspace layout, phases, work items,
 // and the assembly of the kernel's Program (grid_size is in tiling.h). Plain C++ (no CUDA
 // headers), so the CPU-only tests exercise it through mac._C_cuda.launch_plan / emulate.
-// Include it from host-compiled C++ only (csrc/bindings_cuda.cpp, cuda/emulate.cpp): the .cu
+// Include it from host-compiled C++ only (cuda/bindings.cpp, cuda/emulate.cpp): the .cu
 // launcher receives a finished Program.
 #pragma once
 
