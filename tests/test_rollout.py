@@ -168,3 +168,15 @@ def test_auto_keeps_cuda_tensors_on_the_reference_unless_opted_in(monkeypatch):
     assert rollout._resolve_backend("auto", fake) == "torch"
     monkeypatch.setattr(rollout, "AUTO_USES_CUDA_KERNELS", True)
     assert rollout._resolve_backend("auto", fake) == "cuda"
+
+
+def test_the_native_modules_depend_one_way():
+    """mac.rollout -> mac._cpu_core / mac._cuda_core -> mac._native, mac.results: the cores never
+    import the rollout API and _native imports no core (a fresh interpreter sees the import graph)."""
+    import subprocess
+    import sys
+    code = ("import sys, mac._native; assert not {'mac._cpu_core', 'mac._cuda_core', 'mac.rollout'} & "
+            "set(sys.modules), sorted(sys.modules); import mac._cpu_core, mac._cuda_core; "
+            "assert 'mac.rollout' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -19,7 +19,7 @@ import torch
 
 from mac.nets import MLP
 from mac.noise import check_seed
-from mac.rollout import BestOfN, Rollout
+from mac.results import BestOfN, Rollout
 
 _num_threads: int | None = None
 _isa: str = ""

@@ -27,7 +27,7 @@ import torch
 
 from mac.nets import MLP
 from mac.noise import check_seed
-from mac.rollout import BestOfN, Rollout
+from mac.results import BestOfN, Rollout
 
 PRECISIONS = ("tf32", "bf16")
 _precision: str | None = None

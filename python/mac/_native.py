@@ -124,9 +124,9 @@ def format_info(d: dict[str, Any], indent: int = 0) -> str:
 
 
 # ----------------------------------------------------------------------------- rollout backends
-# The native entry points are filled in by the CPU core (issue 4) and the CUDA core (issue 5);
-# until a backend exists, "auto" falls back to the PyTorch reference and an explicit request
-# raises a clear error.
+# Readiness and argument checks shared by the CPU and CUDA cores. Dependencies run one way:
+# mac.rollout -> mac._cpu_core / mac._cuda_core -> mac._native, mac.results (nothing here imports
+# the cores or the rollout API).
 
 def _has(ext, name: str) -> bool:
     return ext is not None and hasattr(ext, name)
@@ -196,26 +196,6 @@ def checked_layers(name: str, net, in_dim: int, out_dim: int, device, core: str 
     if prev != out_dim:
         raise ValueError(f"{name} outputs {prev} features, expected {out_dim}")
     return out
-
-
-def _core(backend: str):
-    if backend == "cpu":
-        from mac import _cpu_core
-        return _cpu_core
-    from mac import _cuda_core
-    return _cuda_core
-
-
-def best_of_n(backend, states, goals, actor, critic, num_samples, noise, seed):
-    """Validated inputs (see mac.rollout) -> mac.rollout.BestOfN from the native core."""
-    return _core(backend).best_of_n(states, goals, actor, critic, num_samples, noise, seed)
-
-
-def imagine(backend, states, goals, actor, critic, dynamics, reward, success, steps, num_samples,
-            noise, seed):
-    """Validated inputs (see mac.rollout) -> mac.rollout.Rollout from the native core."""
-    return _core(backend).imagine(states, goals, actor, critic, dynamics, reward, success, steps,
-                                  num_samples, noise, seed)
 
 
 def cuda_backend_ready(states) -> bool:

@@ -14,29 +14,15 @@ backends draw a seed from it), so runs are reproducible from torch's RNG state a
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
 
 import torch
 
 from mac.config import CUDA_MAX_LAYERS
 from mac.nets import MLP, GaussianActor
 from mac.noise import check_seed, philox_normal
+from mac.results import BestOfN, Rollout  # noqa: F401  (re-exported: part of the rollout API)
 
 BACKENDS = ("auto", "torch", "cpu", "cuda")
-
-
-class BestOfN(NamedTuple):
-    chunks: torch.Tensor   # (B, C) the chosen candidate per row, in [-1, 1]
-    scores: torch.Tensor   # (B,) critic value of the chosen candidate
-    indices: torch.Tensor  # (B,) int64 index of the chosen candidate in [0, N)
-
-
-class Rollout(NamedTuple):
-    states: torch.Tensor   # (H+1, B, S) imagined states, states[0] = start states
-    chunks: torch.Tensor   # (H, B, C) chosen chunks
-    rewards: torch.Tensor  # (H, B)
-    masks: torch.Tensor    # (H, B) 0 after success/termination is predicted, else 1
-    q: torch.Tensor        # (H, B) critic value of the chosen chunk
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -126,6 +112,15 @@ def native_unsupported(nets: dict, backend: str) -> str | None:
 # speed of torch eager at the paper's shapes. Until a faster path is measured, the kernels run only
 # when asked for (backend="cuda", or MAC_AUTO_CUDA_KERNELS=1 for "auto").
 AUTO_USES_CUDA_KERNELS = os.environ.get("MAC_AUTO_CUDA_KERNELS", "0") == "1"
+
+
+def _native_core(backend: str):
+    """The module that runs ``backend`` ("cpu" or "cuda"); imported on first use."""
+    if backend == "cpu":
+        from mac import _cpu_core
+        return _cpu_core
+    from mac import _cuda_core
+    return _cuda_core
 
 
 def _resolve_backend(backend: str, states: torch.Tensor, nets: dict | None = None) -> str:
@@ -268,8 +263,7 @@ def best_of_n(states, goals=None, *, actor, critic, num_samples, noise=None, see
         seed = draw_seed()  # native cores draw their own noise from a seed of torch's generator
     if backend == "torch":
         return best_of_n_reference(states, goals, actor, critic, _reference_noise(noise, seed, shape, states))
-    from mac import _native
-    return _native.best_of_n(backend, states, goals, actor, critic, num_samples, noise, seed)
+    return _native_core(backend).best_of_n(states, goals, actor, critic, num_samples, noise, seed)
 
 
 @torch.no_grad()
@@ -298,6 +292,5 @@ def imagine(states, goals=None, *, actor, critic, dynamics, reward=None, success
     if backend == "torch":
         return imagine_reference(states, goals, actor, critic, dynamics, reward, success,
                                  _reference_noise(noise, seed, shape, states))
-    from mac import _native
-    return _native.imagine(backend, states, goals, actor, critic, dynamics, reward, success,
-                           steps, num_samples, noise, seed)
+    return _native_core(backend).imagine(states, goals, actor, critic, dynamics, reward, success,
+                                         steps, num_samples, noise, seed)
