@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check: one command a session with an NVIDIA GPU (sm_80+) runs first.
 #   bash benchmarks/gpu_check.sh [SOURCE_DIR]        (report: $OUT/gpu_check.md, default ./gpu_check_out)
-# Builds mac with the CUDA kernels for this GPU, prints `mac info`, runs the strict gate (device
+# Builds mac with the CUDA kernels for this GPU, runs `mac info --check` (every native core vs the
+# torch reference, float64 as the judge), the strict gate (device
 # kernel == its host emulation, all grid cases and precisions), the whole GPU suite, the kernels
 # under compute-sanitizer (memcheck, racecheck, synccheck) on small shapes, and a short benchmark.
 # Each stage has its own time limit so that the whole check ends in under 10 minutes on an H100/H200.
@@ -30,7 +31,7 @@ export MAC_CUDA_ARCHITECTURES=${MAC_CUDA_ARCHITECTURES:-$cc}
 
 stage gpu 20 nvidia-smi
 stage build 300 python3 -m pip install --no-build-isolation --no-deps -q .
-stage info 60 bash -c 'cd /tmp && python3 -c "import json, mac; print(json.dumps(mac.info(), indent=1, default=str))"'
+stage info 120 bash -c 'cd /tmp && mac info --check'
 stage emulator_gate 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k device_as_accurate_as_host_emulation
 stage gpu_suite 240 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
 for tool in memcheck racecheck synccheck; do

@@ -13,12 +13,20 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede an
 def _info(argv) -> int:
     p = argparse.ArgumentParser(prog="mac info", description="what was compiled and what is usable now")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--check", action="store_true",
+                   help="also run every usable native core against the PyTorch reference on small "
+                        "shapes (float64 as the judge) and print what passed; exit 1 on a failure")
     args = p.parse_args(argv)
     import mac
     from mac._native import format_info
     d = mac.info()
     print(json.dumps(d, indent=2, default=str) if args.json else format_info(d))
-    return 0
+    if not args.check:
+        return 0
+    from mac import selfcheck
+    results = [r for b in selfcheck.usable_backends() for r in selfcheck.check_backend(b)]
+    print("\n" + selfcheck.format_results(results))
+    return 0 if all(r.passed for r in results) else 1
 
 
 def _data(argv) -> int:

@@ -114,6 +114,28 @@ def native_unsupported(nets: dict, backend: str) -> str | None:
 AUTO_USES_CUDA_KERNELS = os.environ.get("MAC_AUTO_CUDA_KERNELS", "0") == "1"
 
 
+_cuda_proofs: dict[int, bool] = {}
+
+
+def _cuda_proven(device: torch.device) -> bool:
+    """Whether the CUDA kernels passed mac.selfcheck on ``device`` in this process (run once per
+    device, before "auto" first uses them). On a mismatch or any CUDA error: one warning, and "auto"
+    uses the torch reference on that device from then on."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _cuda_proofs:
+        import warnings
+
+        from mac import selfcheck
+        failed = [r for r in selfcheck.check_backend("cuda", torch.device("cuda", index)) if not r.passed]
+        _cuda_proofs[index] = not failed
+        if failed:
+            warnings.warn(f"mac: the CUDA kernels failed their check on cuda:{index} "
+                          f"({failed[0].case}: {failed[0].detail}); backend='auto' uses the torch "
+                          "reference on this device (run `mac info --check` for the full report)",
+                          RuntimeWarning, stacklevel=3)
+    return _cuda_proofs[index]
+
+
 def _native_core(backend: str):
     """The module that runs ``backend`` ("cpu" or "cuda"); imported on first use."""
     if backend == "cpu":
@@ -135,7 +157,7 @@ def _resolve_backend(backend: str, states: torch.Tensor, nets: dict | None = Non
                 and native_unsupported(nets, "cpu") is None):
             return "cpu"
         if (states.device.type == "cuda" and AUTO_USES_CUDA_KERNELS and _native.cuda_backend_ready(states)
-                and native_unsupported(nets, "cuda") is None):
+                and native_unsupported(nets, "cuda") is None and _cuda_proven(states.device)):
             return "cuda"
         return "torch"
     if backend in ("cpu", "cuda"):
