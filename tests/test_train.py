@@ -102,6 +102,12 @@ def test_eval_and_plot_cli(tiny_cube_dir, tmp_path, capsys):
     assert '"success"' in out and '"step": 3' in out
     assert cli(["plot", str(run)]) == 0
     assert (run / "learning_curve.png").stat().st_size > 1000
+    both = tmp_path / "both.png"
+    assert cli(["plot", str(run), str(run), "--labels", "a", "b", "--out", str(both)]) == 0
+    assert both.stat().st_size > 1000
+    assert cli(["plot", str(run), str(run), "--labels", "a", "--out", str(both)]) == 2   # one label each
+    with pytest.raises(SystemExit):
+        cli(["plot", str(run), str(run)])                                               # needs --out
     assert cli(["eval", "--restore_path", str(run), "--action_execute", "9"]) == 2
 
 

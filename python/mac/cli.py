@@ -54,14 +54,22 @@ def _eval(argv) -> int:
 
 
 def _plot(argv) -> int:
-    p = argparse.ArgumentParser(prog="mac plot", description="plot a run's learning curve to PNG")
-    p.add_argument("run_dir")
-    p.add_argument("--out", default=None, help="default: RUN_DIR/learning_curve.png")
+    p = argparse.ArgumentParser(prog="mac plot", description="plot a run's learning curve to PNG, "
+                                "or several runs' success curves on one figure")
+    p.add_argument("run_dir", nargs="+")
+    p.add_argument("--out", default=None, help="default: RUN_DIR/learning_curve.png (one run); "
+                                               "required for several runs")
+    p.add_argument("--labels", nargs="+", default=None, help="one legend label per run (several runs)")
     args = p.parse_args(argv)
-    from mac.plot import plot_run
+    from mac.plot import plot_run, plot_runs
     try:
-        print(plot_run(args.run_dir, args.out))
-    except FileNotFoundError as exc:
+        if len(args.run_dir) == 1 and not args.labels:
+            print(plot_run(args.run_dir[0], args.out))
+        elif not args.out:
+            p.error("several runs need --out FILE.png")
+        else:
+            print(plot_runs(args.run_dir, args.out, args.labels))
+    except (FileNotFoundError, ValueError) as exc:
         print(f"mac plot: error: {exc}", file=sys.stderr)
         return 2
     return 0

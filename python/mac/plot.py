@@ -41,3 +41,32 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | None = None) -> Path:
+    """Several runs on one figure: overall success vs gradient steps and vs training time."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dirs = [Path(d) for d in run_dirs]
+    labels = list(labels) if labels else [d.name for d in run_dirs]
+    if len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs; give one label per run")
+    missing = [str(d) for d in run_dirs if not (d / "eval.csv").is_file()]
+    if missing:
+        raise FileNotFoundError(f"no eval.csv in {', '.join(missing)}; are they mac run directories?")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for d, label in zip(run_dirs, labels):
+        ev = read_csv(d / "eval.csv")
+        axes[0].plot(ev["step"], ev["success"], "-o", label=label)
+        axes[1].plot([t / 60 for t in ev["time_s"]], ev["success"], "-o", label=label)
+    for ax, xl in ((axes[0], "gradient steps"), (axes[1], "training time (min, evaluations excluded)")):
+        ax.set(xlabel=xl, ylabel="success rate", ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
