@@ -677,7 +677,9 @@ def test_gil_released(entry):
     held = _gil_holding_sleep()
     if held is not None:
         d, f = _main_thread_progress(lambda: held(duration))
-        assert f > 0.9 * d, f"the GIL-holding stand-in froze the spinner for only {f:.3f} of {d:.3f} s"
+        # > 0.75, not ~1: between the worker's t0 and the stand-in taking over, the GIL may switch
+        # back to the spinner once (5 ms interval, longer on a loaded machine: 12 ms of 116 seen in CI).
+        assert f > 0.75 * d, f"the GIL-holding stand-in froze the spinner for only {f:.3f} of {d:.3f} s"
 
 
 # ------------------------------------------------------------------------------------ Python errors

@@ -165,6 +165,7 @@ def test_auto_keeps_cuda_tensors_on_the_reference_unless_opted_in(monkeypatch):
     from mac import _native, rollout
     fake = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32)
     monkeypatch.setattr(_native, "cuda_backend_ready", lambda states: True)
+    monkeypatch.setattr(rollout, "_cuda_proven", lambda device: True)  # the proof: test_selfcheck.py
     assert rollout._resolve_backend("auto", fake) == "torch"
     monkeypatch.setattr(rollout, "AUTO_USES_CUDA_KERNELS", True)
     assert rollout._resolve_backend("auto", fake) == "cuda"
