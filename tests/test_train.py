@@ -249,6 +249,7 @@ def test_sigkill_during_a_checkpoint_save_then_resume(tiny_cube_dir, tmp_path, c
     final = load_checkpoint(run_dir)
     assert final["step"] == 6 and [p.name for p in list_checkpoints(ckpts)] == [
         "ckpt_000000003.pt", "ckpt_000000006.pt"]
+    assert not list(ckpts.glob(".ckpt_*")), "the killed run's half-written temp file was not reclaimed"
     # The resumed steps 4..6 replay the killed run's steps 4..6 exactly (same losses): the state
     # came whole from checkpoint 3. (train.csv is append-only, so it now lists steps 4..6 twice.)
     header, replay = killed_rows[0], _rows(run_dir / "train.csv")[len(killed_rows):]

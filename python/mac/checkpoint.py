@@ -75,6 +75,12 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict, keep: int = 3) -> P
     path = ckpt_dir / f"ckpt_{step:09d}.pt"
     payload = dict(payload, format_version=FORMAT_VERSION, step=int(step))
     atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    # A run directory has one writer at a time: temp files of another process are what a killed
+    # run left half-written (they never count as checkpoints; this only reclaims their space).
+    mine = f".tmp{os.getpid()}"
+    for stale in ckpt_dir.glob(".ckpt_*.pt.tmp*"):
+        if not stale.name.endswith(mine):
+            stale.unlink(missing_ok=True)
     if keep > 0:
         for old in list_checkpoints(ckpt_dir)[:-keep]:
             old.unlink(missing_ok=True)
