@@ -156,11 +156,7 @@ def f32(t):
 
 
 def all_q(s, g, actor, critic, z):
-    n = z.shape[0]
-    se = s.unsqueeze(0).expand(n, -1, -1)
-    ge = g.unsqueeze(0).expand(n, -1, -1) if g is not None else None
-    cand = actor(R._concat(se, ge, z)).clamp(-1.0, 1.0)
-    return critic(R._concat(se, ge, cand)).squeeze(-1)
+    return R.candidate_scores(s, g, actor, critic, z)[1]
 
 
 def perturbed(net64, seed, rel=2.0 ** -23):

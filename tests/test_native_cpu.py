@@ -101,11 +101,7 @@ def as64(net):
 
 def all_q(states, goals, actor, critic, noise):
     """Critic values of every candidate, (N, B), in the dtype of the inputs."""
-    N = noise.shape[0]
-    s = states.unsqueeze(0).expand(N, -1, -1)
-    g = goals.unsqueeze(0).expand(N, -1, -1) if goals is not None else None
-    cand = actor(R._concat(s, g, noise)).clamp(-1.0, 1.0)
-    return critic(R._concat(s, g, cand)).squeeze(-1)
+    return R.candidate_scores(states, goals, actor, critic, noise)[1]
 
 
 def top_gap(q):

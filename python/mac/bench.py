@@ -231,11 +231,8 @@ def _decided(q64, *others):
 
 
 def _all_q(states, actor, critic, noise):
-    from mac import rollout as R
-    n = noise.shape[0]
-    s = states.unsqueeze(0).expand(n, -1, -1)
-    cand = actor(R._concat(s, noise)).clamp(-1.0, 1.0)  # the one-step actor (what the native core runs)
-    return critic(R._concat(s, cand)).squeeze(-1)
+    from mac.rollout import candidate_scores
+    return candidate_scores(states, None, actor, critic, noise)[1]
 
 
 def _compare(case, name, nat, ref64, rows, ref32, refp):

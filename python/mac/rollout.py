@@ -222,15 +222,21 @@ def candidates(actor, states, goals, noise) -> torch.Tensor:
     return actor(_concat(states, goals, noise)).clamp(-1.0, 1.0)
 
 
-def best_of_n_reference(states, goals, actor, critic, noise) -> BestOfN:
-    """Pure PyTorch best-of-N. ``noise``: (N, B, C)."""
-    N, B, _ = noise.shape
+def candidate_scores(states, goals, actor, critic, noise):
+    """The N candidates (N, B, C) of every row and their critic values (N, B), in the inputs' dtype
+    (tests and checks use it in float64 to see how clear each argmax is). ``noise``: (N, B, C)."""
+    N = noise.shape[0]
     s = states.unsqueeze(0).expand(N, -1, -1)
     g = goals.unsqueeze(0).expand(N, -1, -1) if goals is not None else None
-    cands = candidates(actor, s, g, noise)                                # (N, B, C)
-    q = critic(_concat(s, g, cands)).squeeze(-1)                          # (N, B)
+    cands = candidates(actor, s, g, noise)
+    return cands, critic(_concat(s, g, cands)).squeeze(-1)
+
+
+def best_of_n_reference(states, goals, actor, critic, noise) -> BestOfN:
+    """Pure PyTorch best-of-N. ``noise``: (N, B, C)."""
+    cands, q = candidate_scores(states, goals, actor, critic, noise)      # (N, B, C), (N, B)
     indices = select_best(q)                                              # (B,)
-    rows = torch.arange(B, device=states.device)
+    rows = torch.arange(states.shape[0], device=states.device)
     return BestOfN(cands[indices, rows], q[indices, rows], indices)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from mac.nets import MLP
-from mac.rollout import _concat, best_of_n, best_of_n_reference, imagine, imagine_reference
+from mac.rollout import best_of_n, best_of_n_reference, candidate_scores, imagine, imagine_reference
 
 # name, kind, B, N, S, G, C, hidden, reward net, success net
 CASES = (
@@ -61,12 +61,9 @@ def _nets(kind, S, G, C, hidden, reward, success, seed):
 
 def _clear_rows(nets64, s, g, z, budget):
     """(B,) rows whose float64 best candidate leads the second by more than ``budget``."""
-    n = z.shape[0]
-    if n == 1:
+    if z.shape[0] == 1:
         return torch.ones(s.shape[0], dtype=torch.bool)
-    ex = [x.unsqueeze(0).expand(n, -1, -1) if x is not None else None for x in (s, g)]
-    cand = nets64["actor"](_concat(ex[0], ex[1], z)).clamp(-1, 1)
-    q = nets64["critic"](_concat(ex[0], ex[1], cand)).squeeze(-1)
+    q = candidate_scores(s, g, nets64["actor"], nets64["critic"], z)[1]
     top = q.topk(2, dim=0).values
     return (top[0] - top[1]) > budget
 
