@@ -1,4 +1,4 @@
-"""The ``mac`` command: info, data generate, train, eval, plot, bench."""
+"""The ``mac`` command: info, data generate, train, eval, export, plot, bench."""
 
 from __future__ import annotations
 
@@ -53,6 +53,11 @@ def _eval(argv) -> int:
     return main(argv)
 
 
+def _export(argv) -> int:
+    from mac.export import main
+    return main(argv)
+
+
 def _plot(argv) -> int:
     p = argparse.ArgumentParser(prog="mac plot", description="plot a run's learning curve to PNG, "
                                 "or several runs' success curves on one figure")
@@ -98,7 +103,8 @@ def _bench(argv) -> int:
     return bench.run(args)
 
 
-COMMANDS = {"info": _info, "data": _data, "train": _train, "eval": _eval, "plot": _plot, "bench": _bench}
+COMMANDS = {"info": _info, "data": _data, "train": _train, "eval": _eval, "export": _export,
+            "plot": _plot, "bench": _bench}
 
 
 def main(argv=None) -> int:
@@ -111,7 +117,8 @@ def main(argv=None) -> int:
               "  data generate   make an OGBench-format dataset locally\n"
               "  data download   download the official OGBench dataset files\n"
               "  train           train MAC (no arguments: a small local cube-single demo)\n"
-              "  eval            evaluate a checkpoint\n"
+              "  eval            evaluate a checkpoint or a policy file\n"
+              "  export          write a checkpoint's policy to a small file for mac eval --policy\n"
               "  plot            learning curve of a run directory -> PNG\n"
               "  bench           rollout / best-of-N throughput table")
         return 0

@@ -1,4 +1,5 @@
-"""``mac eval --restore_path RUN_DIR_OR_CKPT``: evaluate a trained agent on its OGBench env."""
+"""``mac eval --restore_path RUN_DIR_OR_CKPT | --policy FILE``: evaluate a trained agent, or a policy
+file written by ``mac export``, on its OGBench env."""
 
 from __future__ import annotations
 
@@ -9,47 +10,36 @@ from pathlib import Path
 
 import torch
 
-from mac.checkpoint import load_checkpoint
-
 
 def main(argv) -> int:
     p = argparse.ArgumentParser(prog="mac eval", description=__doc__)
-    p.add_argument("--restore_path", required=True, help="run directory or checkpoint file")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--restore_path", help="run directory or checkpoint file")
+    source.add_argument("--policy", help="policy file written by mac export (its sha256 is printed)")
     p.add_argument("--eval_episodes", type=int, default=50, help="episodes (per task for goal envs)")
     p.add_argument("--eval_workers", type=int, default=1)
     p.add_argument("--video_episodes", type=int, default=0)
-    p.add_argument("--video_path", default=None, help="GIF or MP4 path (default: next to the checkpoint)")
+    p.add_argument("--video_path", default=None, help="GIF or MP4 path (default: next to the checkpoint "
+                                                      "or policy file)")
     p.add_argument("--action_execute", type=int, default=None, help="actions executed per chunk (1..h)")
-    p.add_argument("--num_samples", type=int, default=None, help="best-of-N at evaluation (default: config)")
+    p.add_argument("--num_samples", type=int, default=None,
+                   help="best-of-N at evaluation (default: the config's, or the policy file's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
-    from mac.agent import MACAgent
-    from mac.config import AgentConfig
-    from mac.data import Normalizer, validate_env_name
-    from mac.evaluate import Policy, evaluate
+    from mac.evaluate import evaluate
+    from mac.export import from_checkpoint, load_policy_file, with_acting
     try:
-        ck = load_checkpoint(args.restore_path)
-        spec = validate_env_name(ck["env_name"])
+        src = load_policy_file(args.policy) if args.policy else from_checkpoint(args.restore_path)
+        policy = with_acting(src.policy, args.action_execute, args.num_samples)
     except (FileNotFoundError, ValueError) as exc:
         print(f"mac eval: error: {exc}", file=sys.stderr)
         return 2
-    cfg = AgentConfig.from_dict(ck["agent_config"])
-    k = args.action_execute or cfg.action_execute
-    if not 1 <= k <= cfg.chunk_len:
-        print(f"mac eval: error: --action_execute must be in [1, {cfg.chunk_len}], got {k}", file=sys.stderr)
-        return 2
-    agent = MACAgent(*ck["dims"], cfg)
-    agent.load_state_dict(ck["agent"])
-    agent.eval()
-    policy = Policy(agent, Normalizer.from_state_dict(ck["obs_norm"]),
-                    Normalizer.from_state_dict(ck["goal_norm"]) if ck["goal_norm"] else None,
-                    k, args.num_samples or cfg.num_samples_test)
-    video = Path(args.video_path) if args.video_path else Path(ck["path"]).with_suffix(".gif")
+    video = Path(args.video_path) if args.video_path else src.path.with_suffix(".gif")
     torch.manual_seed(args.seed)
-    res = evaluate(spec, policy, args.eval_episodes, seed=args.seed, workers=args.eval_workers,
+    res = evaluate(src.spec, policy, args.eval_episodes, seed=args.seed, workers=args.eval_workers,
                    video_episodes=args.video_episodes, video_path=video, progress=True)
-    res.update(checkpoint=ck["path"], step=ck["step"], action_execute=k)
+    res.update(src.about, action_execute=policy.action_execute, num_samples=policy.num_samples)
     if args.video_episodes:
         res["video"] = str(video)
     print(json.dumps(res, indent=2) if args.json else

@@ -95,6 +95,20 @@ def policy_state(policy: Policy) -> dict:
             "action_execute": policy.action_execute, "num_samples": policy.num_samples}
 
 
+def checkpoint_policy_state(ck: dict) -> dict:
+    """The :func:`policy_state` of a checkpoint's agent (acting reads only its actor and critic),
+    with the acting defaults of its config."""
+    from mac.config import AgentConfig
+    cfg = AgentConfig.from_dict(ck["agent_config"])
+
+    def net(name):
+        return {k[len(name) + 1:]: v for k, v in ck["agent"].items() if k.startswith(name + ".")}
+
+    return {"dims": tuple(ck["dims"]), "config": cfg.to_dict(), "actor": net("actor"),
+            "critic": net("critic"), "obs_norm": ck["obs_norm"], "goal_norm": ck["goal_norm"],
+            "action_execute": cfg.action_execute, "num_samples": cfg.num_samples_test}
+
+
 def policy_from_state(st: dict) -> Policy:
     from mac.agent import MACAgent
     from mac.config import AgentConfig
