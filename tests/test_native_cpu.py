@@ -1009,3 +1009,28 @@ def test_bf16_refused_without_support():
     s, _ = inputs(4, 5, 0)
     with pytest.raises(ValueError, match="bf16"):
         cc.best_of_n(s, None, nets["actor"], nets["critic"], 2, None, 1, bf16=True, isa="avx2")
+
+
+# ------------------------------------------------------------------------------------ flow teacher
+
+@pytest.mark.parametrize("lead", [(9,), (3, 5)])
+def test_flow_teacher_on_the_native_core(lead):
+    """The K Euler passes of the distillation teacher (no gradient) on the native core: each pass
+    as accurate as torch float32 against float64 (the error compounds over the K passes in both);
+    with gradients enabled the torch path runs, so the flow-matching loss still trains."""
+    from mac.agent import euler_flow
+    gen = torch.Generator().manual_seed(3)
+    S, C, K = 6, 8, 5
+    flow = _randomise(MLP(S + C + 1, C, (33, 17)), gen, scale=0.5)
+    ctx, z = torch.randn(*lead, S, generator=gen), torch.randn(*lead, C, generator=gen)
+    with torch.no_grad():
+        native = euler_flow(flow, ctx, z, K, backend="cpu")
+        ref32 = euler_flow(flow, ctx, z, K, backend="torch")
+        ref64 = euler_flow(as64(flow), ctx.double(), z.double(), K, backend="torch")
+    assert native.shape == z.shape
+    assert_same_order("teacher", native, ref32, ref64)
+    assert not torch.equal(native, z)
+    z.requires_grad_(True)
+    out = euler_flow(flow, ctx, z, K, backend="cpu")
+    out.sum().backward()
+    assert z.grad is not None and flow.layers[0].weight.grad is not None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from typing import Callable
+
 import torch
 from torch.nn import functional as F
 
@@ -33,12 +35,17 @@ def discounted_returns(rewards: torch.Tensor, masks: torch.Tensor, bootstrap: to
     return out
 
 
-def euler_flow(flow: MLP, context: torch.Tensor, z: torch.Tensor, steps: int) -> torch.Tensor:
-    """x_0 = z; x_{i+1} = x_i + v([context, x_i, i/K]) / K. context (..., S+G), z (..., C)."""
+def euler_flow(flow: MLP, context: torch.Tensor, z: torch.Tensor, steps: int,
+               backend: str = "torch") -> torch.Tensor:
+    """x_0 = z; x_{i+1} = x_i + v([context, x_i, i/K]) / K. context (..., S+G), z (..., C).
+    Without gradient (the distillation teacher) the K passes of v may run on the native core
+    (``backend`` as the rollout's: 4.7x torch eager at the paper's 4x1024, benchmarks/RESULTS.md)."""
     x = z
+    native = backend != "torch" and not torch.is_grad_enabled()
     for i in range(steps):
         u = torch.full((*z.shape[:-1], 1), i / steps, dtype=z.dtype, device=z.device)
-        x = x + flow(torch.cat([context, x, u], dim=-1)) / steps
+        inp = torch.cat([context, x, u], dim=-1)
+        x = x + (rollout_api.mlp_forward(flow, inp, backend) if native else flow(inp)) / steps
     return x
 
 
@@ -83,6 +90,9 @@ class MACAgent(torch.nn.Module):
         self.critic = MLP(S + G + C, 1, hm, ln)
         self.target_value = copy.deepcopy(self.value).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=config.lr)
+        # Called with the trainable parameters between backward and the optimiser step; data-parallel
+        # training (mac.distributed) averages their gradients over the processes there.
+        self.gradient_hook: Callable[[list[torch.nn.Parameter]], None] | None = None
 
     def trainable_parameters(self):
         return [p for n, p in self.named_parameters() if not n.startswith("target_value.")]
@@ -132,7 +142,8 @@ class MACAgent(torch.nn.Module):
             return {"flow": flow}
         z2 = torch.randn(B, self.chunk_dim, dtype=s.dtype, device=s.device)
         with torch.no_grad():  # the teacher is a fixed target for the one-step actor
-            teacher = euler_flow(self.flow_actor, context, z2, self.config.flow_steps).clamp(-1, 1)
+            teacher = euler_flow(self.flow_actor, context, z2, self.config.flow_steps,
+                                 self.config.rollout_backend).clamp(-1, 1)
         distill = F.mse_loss(self.actor(self._cat(context, z2)), teacher)
         return {"flow": flow, "distill": distill}
 
@@ -148,7 +159,8 @@ class MACAgent(torch.nn.Module):
         context = self._cat(states, goals)
         z = torch.randn(*states.shape[:-1], self.chunk_dim, dtype=states.dtype, device=states.device)
         with torch.no_grad():
-            teacher = euler_flow(self.flow_actor, context, z, self.config.flow_steps).clamp(-1, 1)
+            teacher = euler_flow(self.flow_actor, context, z, self.config.flow_steps,
+                                 self.config.rollout_backend).clamp(-1, 1)
         mu = self.actor(self._cat(context, z))
         distill = F.mse_loss(mu, teacher)
         q = frozen(self.critic, self._cat(context, mu.clamp(-1, 1))).squeeze(-1).mean(0)    # (B,)
@@ -240,6 +252,8 @@ class MACAgent(torch.nn.Module):
         total, out = self.losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if self.gradient_hook is not None:
+            self.gradient_hook(self.trainable_parameters())
         # The authors' order: the target moves toward V's parameters from before this step's update.
         self.polyak_update()
         self.optimizer.step()

@@ -295,6 +295,18 @@ def best_of_n(states, goals=None, *, actor, critic, num_samples, noise=None, see
 
 
 @torch.no_grad()
+def mlp_forward(net, x: torch.Tensor, backend="auto") -> torch.Tensor:
+    """``net(x)`` without gradient, x (..., in) -> (..., out): on the native CPU core where ``backend``
+    resolves to it (auto: CPU tensors, a built core, a network it runs), else torch. Serves the
+    inference passes of a training step, e.g. the K Euler steps of the flow teacher."""
+    backend = _resolve_backend(backend, x, {"net": net})
+    if backend != "cpu":
+        return net(x)
+    rows = x.reshape(-1, x.shape[-1])
+    return _native_core("cpu").mlp_forward(net, rows).view(*x.shape[:-1], -1)
+
+
+@torch.no_grad()
 def imagine(states, goals=None, *, actor, critic, dynamics, reward=None, success=None, steps,
             num_samples, noise=None, seed=None, backend="auto") -> Rollout:
     """Imagined rollout of ``steps`` chunk-model calls with best-of-N action selection.
