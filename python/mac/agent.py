@@ -183,7 +183,10 @@ class MACAgent(torch.nn.Module):
         value_loss=bce. states (..., S), goals (B, G) broadcast over leading dims."""
         if goals is not None and states.dim() == 3:
             goals = goals.unsqueeze(0).expand(states.shape[0], -1, -1)
-        out = net(self._cat(states, goals)).squeeze(-1)
+        inp = self._cat(states, goals)
+        # Targets carry no gradient: the native core may run them, as the rollout.
+        out = (net(inp) if torch.is_grad_enabled() else
+               rollout_api.mlp_forward(net, inp, self.config.rollout_backend)).squeeze(-1)
         return torch.sigmoid(out) if self.config.value_loss == "bce" else out
 
     def _regression(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
