@@ -8,6 +8,11 @@ Weights & Biases (``--wandb``) files.
 Resume with ``mac train --restore_path RUN_DIR``: the agent settings come from the checkpoint, and
 every flag not given on the command line from the run's flags.json (its --offline_steps, intervals,
 seed, dataset ...); a flag given overrides, e.g. ``--offline_steps 20000`` to train further.
+
+Data-parallel: ``torchrun --nproc_per_node K -m mac train ...`` trains with K processes, each on its
+own batches of --agent.batch_size (effective batch K x batch_size, learning rate unchanged), gradients
+averaged every step. Rank 0 alone writes the run directory and evaluates; train.csv holds the mean of
+the K processes' losses. Resume with the same K (README, "Data-parallel training").
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from mac.console import show_progress
 from mac.diagnostics import Diagnostics
 from mac.data import ChunkSampler, DatasetError, load_offline_data, validate_env_name
 from mac.data.files import find_dataset_files
+from mac.distributed import DEFAULT_TIMEOUT_S, DistContext, dataset_fingerprint, rank_label, rank_seed
 from mac.evaluate import Policy, evaluate, make_env
 from mac.logging_utils import CsvLog, Loggers, TensorBoard, WandbLog
 
@@ -49,9 +55,16 @@ PLAIN_PROGRESS_S = 30.0  # without a terminal: a plain "[mac] step ..." line at 
 class TrainingInterrupted(Exception):
     """Ctrl-C stopped training after ``step``; a checkpoint of that step was saved in ``run_dir``."""
 
-    def __init__(self, run_dir: Path, step: int):
+    def __init__(self, run_dir: Path, step: int, ctx: DistContext | None = None):
         super().__init__(f"interrupted at step {step}; checkpoint saved in {run_dir / 'checkpoints'}")
         self.run_dir, self.step = run_dir, step
+        self.ctx = ctx or DistContext()
+
+
+def resume_command(run_dir: Path, world_size: int) -> str:
+    if world_size == 1:
+        return f"mac train --restore_path {run_dir}"
+    return f"torchrun --nproc_per_node {world_size} -m mac train --restore_path {run_dir}"
 
 
 class _DeferredInterrupt:
@@ -116,7 +129,12 @@ def add_arguments(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None
     p.add_argument("--wandb_mode", default=None, choices=["online", "offline", "disabled"],
                    help="default: wandb's own (WANDB_MODE, else online)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:k]")
-    p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads (0: torch default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch/OpenMP threads per process (0: torch's default; under torchrun: the "
+                        "available cores / the processes on this node)")
+    p.add_argument("--dist_timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="under torchrun: seconds a process waits for the others (rank 0's evaluations, "
+                        "checkpoints and dataset download or generation included) before the run fails")
     p.add_argument("--generate_episodes", type=int, default=100,
                    help="if the dataset is missing from the default --dataset_dir and cannot be "
                         "downloaded, generate this many episodes locally (0: never generate, error instead)")
@@ -176,7 +194,8 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, AgentConfig, list[str],
     args, _ = p.parse_known_args(rest_probe)
     cfg, rest = apply_agent_flags(preset(args.preset), argv)
     args = p.parse_args(rest)
-    for k in ("offline_steps", "log_interval", "eval_episodes", "save_interval", "eval_workers"):
+    for k in ("offline_steps", "log_interval", "eval_episodes", "save_interval", "eval_workers",
+              "dist_timeout"):
         if getattr(args, k) < 1:
             p.error(f"--{k} must be >= 1, got {getattr(args, k)}")
     for k in ("eval_interval", "video_episodes", "generate_episodes", "keep_checkpoints", "threads"):
@@ -209,12 +228,18 @@ def adopt_run_flags(args: argparse.Namespace, given: set[str], run_dir: Path) ->
     return taken
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
+    """``name``'s device; under torchrun "auto" and "cuda" mean cuda:LOCAL_RANK (one GPU a process)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
+    if dev.type == "cuda" and dev.index is None and ctx is not None and ctx.distributed:
+        if ctx.local_rank >= torch.cuda.device_count():
+            raise SystemExit(f"LOCAL_RANK {ctx.local_rank} has no GPU: {torch.cuda.device_count()} are "
+                             "visible; start at most that many processes a node (--nproc_per_node)")
+        dev = torch.device("cuda", ctx.local_rank)
     return dev
 
 
@@ -273,10 +298,19 @@ def _run_eval(spec, agent, obs_norm, goal_norm, args, step, run_dir, elapsed) ->
     with forked_rng(next(agent.parameters()).device):
         torch.manual_seed(args.seed + EVAL_SEED_OFFSET + step)
         video = run_dir / "videos" / f"step_{step:09d}.gif" if args.video_episodes else None
-        res = evaluate(spec, _policy(agent, obs_norm, goal_norm), args.eval_episodes,
-                       seed=args.seed + EVAL_SEED_OFFSET, workers=args.eval_workers,
-                       video_episodes=args.video_episodes, video_path=video,
-                       progress=not args.no_progress)
+        # Written under a temporary name and renamed: a kill mid-write (torchrun tearing the group
+        # down) never leaves a truncated video under the real name.
+        partial = video.with_name(f".{video.stem}.tmp{os.getpid()}{video.suffix}") if video else None
+        try:
+            res = evaluate(spec, _policy(agent, obs_norm, goal_norm), args.eval_episodes,
+                           seed=args.seed + EVAL_SEED_OFFSET, workers=args.eval_workers,
+                           video_episodes=args.video_episodes, video_path=partial,
+                           progress=not args.no_progress)
+            if partial is not None and partial.exists():
+                os.replace(partial, video)
+        finally:
+            if partial is not None:
+                partial.unlink(missing_ok=True)
     return {"step": step, "time_s": round(elapsed, 3), **res}
 
 
@@ -288,11 +322,28 @@ def _wandb_log(args, run_dir: Path) -> WandbLog:
                     name=args.wandb_name, mode=args.wandb_mode, config=config)
 
 
+def _check_world_size(resume: dict, ctx: DistContext) -> None:
+    """Each process resumes its own sampler and random streams: only the same process count
+    continues the run's curve."""
+    trained = int(resume.get("world_size", 1))
+    if trained == ctx.world_size:
+        return
+    how = resume_command(Path(resume["path"]).parent.parent, trained)
+    if trained > 1:
+        how += f" (or {trained} processes in all over several nodes)"
+    raise ValueError(f"{resume['path']} was trained with {trained} process{'es' * (trained > 1)} and "
+                     f"this run has {ctx.world_size}; each process resumes its own data stream, so "
+                     f"resume with the same number: {how}")
+
+
 def train(argv: list[str]) -> Path:
     args, cfg, agent_flags, given = _parse(argv)
+    ctx = DistContext.from_env()
+    say = print if ctx.is_main else (lambda *a, **k: None)
     resume = None
     if args.restore_path:
         resume = load_checkpoint(args.restore_path)
+        _check_world_size(resume, ctx)
         if agent_flags:
             raise SystemExit("on --restore_path the agent settings come from the checkpoint; "
                              f"drop {agent_flags}")
@@ -303,8 +354,8 @@ def train(argv: list[str]) -> Path:
         # given now is the run's.
         taken = adopt_run_flags(args, given, Path(resume["path"]).parent.parent)
         if taken:
-            print("[mac] from the run's flags.json: " + " ".join(f"{k}={v}" for k, v in taken.items())
-                  + " (flags given on the command line override these)", flush=True)
+            say("[mac] from the run's flags.json: " + " ".join(f"{k}={v}" for k, v in taken.items())
+                + " (flags given on the command line override these)", flush=True)
         spec = validate_env_name(resume["env_name"])
     else:
         spec = validate_env_name(args.env_name)  # before any download, generation or run directory
@@ -312,72 +363,95 @@ def train(argv: list[str]) -> Path:
         TensorBoard.writer_class()  # fail before any work or any run directory is made
     if args.wandb:
         WandbLog.module()           # likewise
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    threads = args.threads or ctx.default_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolve_device(args.device, ctx)
+    ctx.start(device, args.dist_timeout)
+    try:
+        return _train(args, cfg, spec, resume, argv, device, ctx, say)
+    finally:
+        ctx.stop()
+
+
+def _train(args, cfg, spec, resume, argv, device, ctx: DistContext, say) -> Path:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
 
-    ensure_dataset(args, spec)
+    # Rank 0 downloads or generates a missing dataset first, then the first process of every other
+    # node (its disk may be its own); never two processes into one folder at once.
+    ctx.on_main(lambda: ensure_dataset(args, spec))
+    if ctx.local_rank == 0 and not ctx.is_main:
+        ensure_dataset(args, spec)
+    ctx.barrier()
+    progress = not args.no_progress and ctx.is_main
     env = make_env(spec)
-    train_data, val_data = load_offline_data(spec, args.dataset_dir, env, progress=not args.no_progress)
+    train_data, val_data = load_offline_data(spec, args.dataset_dir, env, progress=progress)
+    ctx.require_same({"training data": dataset_fingerprint(train_data),
+                      "validation data": dataset_fingerprint(val_data),
+                      "checkpoint": None if resume is None else Path(resume["path"]).name},
+                     hint=". Every process must read the same files: check --dataset_dir (and the "
+                          "run directory, on resume) on every node")
     obs_norm, goal_norm = fit_normalizers(cfg, val_data, spec.goal_conditioned)
     sampler_kwargs = dict(obs_normalizer=obs_norm, goal_normalizer=goal_norm,
                           goal_conditioned=spec.goal_conditioned, **sampler_options(cfg))
-    sampler = ChunkSampler(train_data, cfg.chunk_len, cfg.discount, seed=args.seed, **sampler_kwargs)
-    # val/ losses, BC error and model error at every log step, off the training random streams
+    sampler = ChunkSampler(train_data, cfg.chunk_len, cfg.discount, seed=rank_seed(args.seed, ctx.rank),
+                           **sampler_kwargs)
+    # val/ losses, BC error and model error at every log step (rank 0 logs), off the training streams
     diagnostics = Diagnostics(cfg, train_data, val_data, seed=args.seed, device=device,
-                              sampler_kwargs=sampler_kwargs)
+                              sampler_kwargs=sampler_kwargs) if ctx.is_main else None
     agent = MACAgent(train_data.obs_dim, train_data.action_dim, train_data.goal_dim, cfg).to(device)
+    if ctx.distributed:
+        agent.gradient_hook = ctx.average_gradients
+        torch.manual_seed(rank_seed(args.seed, ctx.rank))   # every rank its own rollout and flow noise
 
     start_step, elapsed = 0, 0.0
     if resume is not None:
         run_dir = Path(resume["path"]).parent.parent
         agent.load_state_dict(resume["agent"])
         agent.optimizer.load_state_dict(resume["optimizer"])
-        sampler.load_state_dict(resume["sampler"])
-        set_rng_state(resume["rng"])
+        own = resume["rank_states"][ctx.rank] if "rank_states" in resume else resume
+        sampler.load_state_dict(own["sampler"])
+        set_rng_state(own["rng"])
         start_step, elapsed = int(resume["step"]), float(resume["elapsed_s"])
-        print(f"[mac] resumed {run_dir} at step {start_step}", flush=True)
+        say(f"[mac] resumed {run_dir} at step {start_step}", flush=True)
     else:
-        name = args.run_name or f"{spec.name}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(args.save_dir).expanduser() / name
-        if (run_dir / "flags.json").exists():
-            raise SystemExit(f"{run_dir} already holds a run; resume it with --restore_path {run_dir} "
-                             "or choose another --run_name")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        import mac
-        atomic_write_text(run_dir / "flags.json", json.dumps({
-            "argv": argv, "args": vars(args), "agent": cfg.to_dict(), "env_name": spec.name,
-            "dataset": {"train_rows": len(train_data), "val_rows": len(val_data),
-                        "obs_dim": train_data.obs_dim, "action_dim": train_data.action_dim,
-                        "goal_dim": train_data.goal_dim},
-            "device": str(device), "mac_info": mac.info()}, indent=2, default=str))
+        run_dir = ctx.on_main(lambda: _new_run_dir(args, argv, cfg, spec, train_data, val_data,
+                                                   device, ctx.world_size))
+    ctx.broadcast_tensors(agent.state_dict().values())   # the same start everywhere, whatever happened
 
-    train_log, eval_log = CsvLog(run_dir / "train.csv"), CsvLog(run_dir / "eval.csv")
-    loggers = Loggers(TensorBoard(run_dir / "tb" if args.tensorboard else None),
-                      _wandb_log(args, run_dir) if args.wandb else None)
+    if ctx.is_main:
+        train_log, eval_log = CsvLog(run_dir / "train.csv"), CsvLog(run_dir / "eval.csv")
+        loggers = Loggers(TensorBoard(run_dir / "tb" if args.tensorboard else None),
+                          _wandb_log(args, run_dir) if args.wandb else None)
+    else:
+        loggers = Loggers()
 
     def checkpoint(step):
+        states = ctx.gather({"sampler": sampler.state_dict(), "rng": rng_state()})
+        if not ctx.is_main:
+            return
+        # Rank 0's states at the top level, as a single process stores them; every rank's by rank.
+        per_rank = {"rank_states": states} if ctx.distributed else {}
         save_checkpoint(run_dir, step, {
             "agent": agent.state_dict(), "optimizer": agent.optimizer.state_dict(),
             "agent_config": cfg.to_dict(), "env_name": spec.name,
             "dims": [train_data.obs_dim, train_data.action_dim, train_data.goal_dim],
             "obs_norm": obs_norm.state_dict(), "goal_norm": goal_norm.state_dict() if goal_norm else None,
-            "sampler": sampler.state_dict(), "rng": rng_state(), "elapsed_s": elapsed,
+            **states[0], "world_size": ctx.world_size, **per_rank, "elapsed_s": elapsed,
             "seed": args.seed}, keep=args.keep_checkpoints)
 
-    print(f"[mac] run directory: {run_dir}", flush=True)
+    say(f"[mac] run directory: {run_dir}", flush=True)
     if start_step >= args.offline_steps:
-        print(f"[mac] the run is at step {start_step}, --offline_steps is {args.offline_steps}: nothing "
-              "to train (pass a larger --offline_steps to continue)", flush=True)
+        say(f"[mac] the run is at step {start_step}, --offline_steps is {args.offline_steps}: nothing "
+            "to train (pass a larger --offline_steps to continue)", flush=True)
     from tqdm import tqdm
-    bars = show_progress(not args.no_progress)
-    plain = not args.no_progress and not bars  # no terminal (a log file): plain lines instead
+    bars = show_progress(progress)
+    plain = progress and not bars  # no terminal (a log file): plain lines instead
     bar = tqdm(range(start_step + 1, args.offline_steps + 1), initial=start_step,
                total=args.offline_steps, desc="train", disable=not bars, dynamic_ncols=True)
-    last_eval, step = None, start_step
+    last_eval, step, stop = None, start_step, False
     t0 = last_line = time.perf_counter()
     with _DeferredInterrupt() as interrupt:
         for step in bar:
@@ -387,36 +461,58 @@ def train(argv: list[str]) -> Path:
             elapsed += now - t0
             t0 = now
             if step % args.log_interval == 0:
-                info.update(diagnostics.compute(agent, batch, step))
-                t0 = time.perf_counter()  # diagnostics are not training time
-                row = {"step": step, "time_s": round(elapsed, 3), **info}
-                train_log.write(row)
-                loggers.write("train", row, step)
-                bar.set_postfix(loss=f"{info['loss/total']:.3g}", refresh=False)
-                if plain and now - last_line >= PLAIN_PROGRESS_S:
-                    print(f"[mac] step {step}/{args.offline_steps}: loss {info['loss/total']:.3g} "
-                          f"({elapsed:.0f} s)", flush=True)
-                    last_line = now
-            if (args.eval_interval and step % args.eval_interval == 0) or step == args.offline_steps:
+                info = ctx.mean_over_ranks(info)
+                if ctx.is_main:
+                    info.update(diagnostics.compute(agent, batch, step))
+                    t0 = time.perf_counter()  # diagnostics are not training time
+                    row = {"step": step, "time_s": round(elapsed, 3), **info}
+                    train_log.write(row)
+                    loggers.write("train", row, step)
+                    bar.set_postfix(loss=f"{info['loss/total']:.3g}", refresh=False)
+                    if plain and now - last_line >= PLAIN_PROGRESS_S:
+                        print(f"[mac] step {step}/{args.offline_steps}: loss {info['loss/total']:.3g} "
+                              f"({elapsed:.0f} s)", flush=True)
+                        last_line = now
+            if ctx.is_main and ((args.eval_interval and step % args.eval_interval == 0)
+                                or step == args.offline_steps):
                 last_eval = _run_eval(spec, agent, obs_norm, goal_norm, args, step, run_dir, elapsed)
                 eval_log.write(last_eval)
                 loggers.write("eval", last_eval, step)
                 bar.write(f"[mac] step {step}: success {last_eval['success']:.3f} "
                           f"({last_eval['episodes']} episodes)")
                 t0 = time.perf_counter()  # evaluation time is not training time
-            if step % args.save_interval == 0 or step == args.offline_steps or interrupt.requested:
+            # Every rank stops at the same step: a Ctrl-C reaches them at different moments.
+            stop = ctx.any_rank(interrupt.requested)
+            if step % args.save_interval == 0 or step == args.offline_steps or stop:
                 checkpoint(step)
-            if interrupt.requested:
+            if stop:
                 break
     bar.close()
     loggers.close()
-    if interrupt.requested:
-        raise TrainingInterrupted(run_dir, step)
-    print(f"[mac] run directory: {run_dir}")
-    print(f"[mac]   logs: {run_dir / 'train.csv'}, {run_dir / 'eval.csv'}; checkpoints: {run_dir / 'checkpoints'}")
+    if stop or interrupt.requested:
+        raise TrainingInterrupted(run_dir, step, ctx)
+    say(f"[mac] run directory: {run_dir}")
+    say(f"[mac]   logs: {run_dir / 'train.csv'}, {run_dir / 'eval.csv'}; checkpoints: {run_dir / 'checkpoints'}")
     if last_eval is not None:
-        print(f"[mac]   final success rate: {last_eval['success']:.3f}")
-    print(f"[mac]   plot: mac plot {run_dir}")
+        say(f"[mac]   final success rate: {last_eval['success']:.3f}")
+    say(f"[mac]   plot: mac plot {run_dir}")
+    return run_dir
+
+
+def _new_run_dir(args, argv, cfg, spec, train_data, val_data, device, world_size) -> Path:
+    name = args.run_name or f"{spec.name}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(args.save_dir).expanduser() / name
+    if (run_dir / "flags.json").exists():
+        raise SystemExit(f"{run_dir} already holds a run; resume it with --restore_path {run_dir} "
+                         "or choose another --run_name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    import mac
+    atomic_write_text(run_dir / "flags.json", json.dumps({
+        "argv": argv, "args": vars(args), "agent": cfg.to_dict(), "env_name": spec.name,
+        "dataset": {"train_rows": len(train_data), "val_rows": len(val_data),
+                    "obs_dim": train_data.obs_dim, "action_dim": train_data.action_dim,
+                    "goal_dim": train_data.goal_dim},
+        "device": str(device), "world_size": world_size, "mac_info": mac.info()}, indent=2, default=str))
     return run_dir
 
 
@@ -424,10 +520,11 @@ def main(argv=None) -> int:
     try:
         train(list(sys.argv[1:] if argv is None else argv))
     except TrainingInterrupted as stop:
-        print(f"[mac] {stop}\n[mac] continue with: mac train --restore_path {stop.run_dir} "
-              "[--offline_steps N]", file=sys.stderr)
+        if stop.ctx.is_main:
+            how = resume_command(stop.run_dir, stop.ctx.world_size)
+            print(f"[mac] {stop}\n[mac] continue with: {how} [--offline_steps N]", file=sys.stderr)
         return 130
     except (DatasetError, ValueError, RuntimeError, FileNotFoundError) as exc:
-        print(f"mac train: error: {exc}", file=sys.stderr)
+        print(f"mac train: error{rank_label()}: {exc}", file=sys.stderr)
         return 2
     return 0
