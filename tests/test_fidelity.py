@@ -459,7 +459,7 @@ def test_short_run_per_setting_finishes_and_resumes(env_name, flags, tiny_cube_d
         return train(["--env_name", env_name, "--dataset_dir", str(tiny_cube_dir), "--save_dir", str(tmp_path),
                       "--run_name", name, "--offline_steps", str(steps), "--log_interval", "1",
                       "--eval_interval", "0", "--eval_episodes", "1", "--save_interval", "1",
-                      "--no_progress", "--seed", "1", *extra])
+                      "--no_progress", "--seed", "1", "--threads", "2", *extra])
 
     straight = run("straight", 2, *TINY, *flags)
     half = run("half", 1, *TINY, *flags)

@@ -16,11 +16,12 @@ TINY = ["--agent.hidden_dims=16,16", "--agent.batch_size=16", "--agent.rollout_b
 
 
 def run_train(data_dir, save_dir, name, steps, *extra):
+    """A short run; threads pinned (bitwise resume equivalence needs a fixed count, mac.threads)."""
     from mac.train import train
     return train(["--env_name", "cube-single-play-singletask-task2-v0", "--dataset_dir", str(data_dir),
                   "--save_dir", str(save_dir), "--run_name", name, "--offline_steps", str(steps),
                   "--log_interval", "1", "--eval_interval", "0", "--eval_episodes", "1",
-                  "--save_interval", "3", "--no_progress", "--seed", "3", *extra])
+                  "--save_interval", "3", "--no_progress", "--seed", "3", "--threads", "2", *extra])
 
 
 class Evil:  # any non-allow-listed class: loading it would run arbitrary unpickling
@@ -226,7 +227,7 @@ def test_sigkill_during_a_checkpoint_save_then_resume(tiny_cube_dir, tmp_path, c
         [sys.executable, str(script), "--env_name", "cube-single-play-singletask-task2-v0",
          "--dataset_dir", str(tiny_cube_dir), "--save_dir", str(tmp_path / "runs"), "--run_name", "killed",
          "--offline_steps", "6", "--save_interval", "3", "--log_interval", "1", "--eval_interval", "0",
-         "--eval_episodes", "1", "--no_progress", "--seed", "3", *TINY],
+         "--eval_episodes", "1", "--no_progress", "--seed", "3", "--threads", "2", *TINY],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
@@ -256,3 +257,21 @@ def test_sigkill_during_a_checkpoint_save_then_resume(tiny_cube_dir, tmp_path, c
     loss = header.index("loss/total")
     assert [r[0] for r in replay] == ["4", "5", "6"]
     assert [r[loss] for r in replay] == [r[loss] for r in killed_rows[4:7]]
+
+
+def test_threads_auto_times_steps_and_logs_the_count(tiny_cube_dir, tmp_path, capsys):
+    """The default --threads auto: every step's count is a candidate, logged in train.csv; with more
+    than one candidate the first probe ends after 3 steps per candidate and says what it chose."""
+    from mac.threads import candidate_counts
+    from mac.train import train
+    torch.set_num_threads(2)
+    run = train(["--env_name", "cube-single-play-singletask-task2-v0", "--dataset_dir", str(tiny_cube_dir),
+                 "--save_dir", str(tmp_path), "--run_name", "auto", "--offline_steps", "8",
+                 "--log_interval", "1", "--eval_interval", "0", "--eval_episodes", "1", "--no_progress",
+                 "--threads", "auto", *TINY])
+    rows = list(csv.DictReader(open(run / "train.csv")))
+    used = [int(float(r["threads"])) for r in rows]
+    cands = candidate_counts(2)
+    assert set(used) <= set(cands) and len(used) == 8
+    assert used[:6] == [2, 2, 2, 1, 1, 1]
+    assert "thread(s) from now on" in capsys.readouterr().out

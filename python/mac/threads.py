@@ -64,16 +64,20 @@ class ThreadTuner:
         if self._probe is not None:
             self.current = self.candidates[0]
 
-    def before_step(self) -> None:
+    def before_step(self) -> int:
+        """Applies the count for the coming step and returns it."""
         if self._applied != self.current:
             self.set_threads(self.current)
             self._applied = self.current
         self._t0 = self.clock()
+        return self.current
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, step: int) -> dict[int, float] | None:
+        """Records the step's time. Returns the probe's medians {count: seconds} when a probe ended
+        with a different choice than the last one (or the first choice), else None."""
         dt = self.clock() - self._t0
         if len(self.candidates) == 1:
-            return
+            return None
         if self._probe is not None:
             times = self._probe[self.current]
             times.append(dt)
@@ -82,16 +86,18 @@ class ThreadTuner:
             untried = [c for c in self.candidates if not self._probe[c]]
             if untried:
                 self.current = untried[0]
-                return
+                return None
             medians = {c: statistics.median(ts) for c, ts in self._probe.items()}
             self.current = min(medians, key=lambda c: (medians[c], -c))
             self._winner_s = medians[self.current]
+            changed = not self.history or self.history[-1][1] != self.current
             self.history.append((step, self.current, medians))
             self._probe = None
-            return
+            return medians if changed else None
         self._steps_since_probe += 1
         self._recent = (self._recent + [dt])[-self.probe_steps:]
         load_changed = (len(self._recent) == self.probe_steps and
                         statistics.median(self._recent) > self.slowdown * self._winner_s)
         if self._steps_since_probe >= self.period_steps or load_changed:
             self._start_probe()
+        return None

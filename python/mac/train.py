@@ -42,6 +42,7 @@ from mac.data.files import find_dataset_files
 from mac.distributed import DEFAULT_TIMEOUT_S, DistContext, dataset_fingerprint, rank_label, rank_seed
 from mac.evaluate import Policy, evaluate, make_env
 from mac.logging_utils import CsvLog, Loggers, TensorBoard, WandbLog
+from mac.threads import ThreadTuner
 
 DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
 DEFAULT_DATASET_DIR = "~/.ogbench/data"
@@ -91,6 +92,16 @@ class _DeferredInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def _threads_flag(text: str) -> int:
+    """--threads: "auto" is 0."""
+    if text == "auto":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of threads, got {text!r}") from None
+
+
 def add_arguments(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None:
     p.add_argument("--env_name", default=DEFAULT_ENV,
                    help="OGBench name, e.g. cube-single-play-singletask-task2-v0 or puzzle-3x3-play-oraclerep-v0")
@@ -129,9 +140,11 @@ def add_arguments(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None
     p.add_argument("--wandb_mode", default=None, choices=["online", "offline", "disabled"],
                    help="default: wandb's own (WANDB_MODE, else online)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:k]")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch/OpenMP threads per process (0: torch's default; under torchrun: the "
-                        "available cores / the processes on this node)")
+    p.add_argument("--threads", type=_threads_flag, default=0, metavar="auto|N",
+                   help="torch/OpenMP threads per process. auto (or 0): up to torch's default (under "
+                        "torchrun: the available cores / the processes on this node), the count chosen "
+                        "by timing steps and re-chosen when the load changes (mac.threads); N: exactly N "
+                        "(bitwise-reproducible runs)")
     p.add_argument("--dist_timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help="under torchrun: seconds a process waits for the others (rank 0's evaluations, "
                         "checkpoints and dataset download or generation included) before the run fails")
@@ -363,9 +376,8 @@ def train(argv: list[str]) -> Path:
         TensorBoard.writer_class()  # fail before any work or any run directory is made
     if args.wandb:
         WandbLog.module()           # likewise
-    threads = args.threads or ctx.default_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    max_threads = args.threads or ctx.default_threads() or torch.get_num_threads()
+    torch.set_num_threads(max_threads)
     device = resolve_device(args.device, ctx)
     ctx.start(device, args.dist_timeout)
     try:
@@ -451,12 +463,19 @@ def _train(args, cfg, spec, resume, argv, device, ctx: DistContext, say) -> Path
     plain = progress and not bars  # no terminal (a log file): plain lines instead
     bar = tqdm(range(start_step + 1, args.offline_steps + 1), initial=start_step,
                total=args.offline_steps, desc="train", disable=not bars, dynamic_ncols=True)
+    # --threads auto: the count is re-chosen by timing steps as the machine's load changes.
+    tuner = None if args.threads else ThreadTuner(torch.get_num_threads(), torch.set_num_threads)
     last_eval, step, stop = None, start_step, False
     t0 = last_line = time.perf_counter()
     with _DeferredInterrupt() as interrupt:
         for step in bar:
             batch = _to_torch(sampler.sample(cfg.batch_size), device)
+            threads = tuner.before_step() if tuner else args.threads
             info = agent.update(batch)
+            info["threads"] = threads
+            if tuner and (probe := tuner.after_step(step)):
+                say(f"[mac] step {step}: {tuner.current} thread(s) from now on (median step time "
+                    + ", ".join(f"{t * 1e3:.0f} ms with {n}" for n, t in probe.items()) + ")", flush=True)
             now = time.perf_counter()
             elapsed += now - t0
             t0 = now
