@@ -46,7 +46,7 @@ ACT_STATES = (1, 64)
 
 
 # ----------------------------------------------------------------------------- worker: ours
-def _mac_worker(cfg: dict, steps: int, act_repeats: int, seed: int) -> dict:
+def _mac_worker(cfg: dict, steps: int, act_repeats: int, seed: int, auto_threads: bool) -> dict:
     import dataclasses
 
     import torch
@@ -67,8 +67,17 @@ def _mac_worker(cfg: dict, steps: int, act_repeats: int, seed: int) -> dict:
              "next_observations": torch.randn(B, S, generator=g),
              "rewards": -torch.rand(B, generator=g), "masks": torch.ones(B)}
 
+    tuner = None
+    if auto_threads:  # mac train's default --threads auto (mac.threads), here from the first step
+        from mac.threads import ThreadTuner
+        tuner = ThreadTuner(torch.get_num_threads(), torch.set_num_threads)
+
     def update():
+        if tuner:
+            tuner.before_step()
         agent.update(batch)
+        if tuner:
+            tuner.after_step(0)
 
     def act(n):
         obs = torch.randn(n, S, generator=g)
@@ -120,25 +129,24 @@ def _jax_worker(cfg: dict, steps: int, act_repeats: int, seed: int, authors_repo
 
 
 # ----------------------------------------------------------------------------- shared timing
+def _times(fn, repeats: int) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn`` after one warm-up call (JIT compilation, allocator)."""
+    fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def _measure(update, act, steps: int, act_repeats: int) -> dict:
     """Median seconds of ``steps`` updates and ``act_repeats`` best-of-32 calls per state count,
-    after one warm-up call each (JIT compilation, allocator warm-up), and the peak RSS."""
-    update()
-    t_update = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        update()
-        t_update.append(time.perf_counter() - t0)
+    and the peak RSS."""
+    t_update = _times(update, steps)
     out = {"update_s": statistics.median(t_update), "update_min_s": min(t_update)}
     for n in ACT_STATES:
-        fn = act(n)
-        fn()
-        ts = []
-        for _ in range(act_repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        out[f"act{n}_s"] = statistics.median(ts)
+        out[f"act{n}_s"] = statistics.median(_times(act(n), act_repeats))
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return out
 
@@ -152,12 +160,13 @@ def _worker_main(argv) -> int:
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--authors_repo", default=None)
+    p.add_argument("--mac_threads", default="fixed")
     a = p.parse_args(argv)
     cfg = CONFIGS[a.config]
     if a.worker == "mac":
         import torch
         torch.set_num_threads(a.threads)
-        res = _mac_worker(cfg, a.steps, a.act_repeats, a.seed)
+        res = _mac_worker(cfg, a.steps, a.act_repeats, a.seed, a.mac_threads == "auto")
     else:
         res = _jax_worker(cfg, a.steps, a.act_repeats, a.seed, a.authors_repo)
     print("RESULT " + json.dumps(res), flush=True)
@@ -181,7 +190,7 @@ def _run_worker(side: str, python: str, args, config: str, cpus: list[int]) -> d
     cmd = ["taskset", "-c", ",".join(map(str, cpus)), python, os.path.abspath(__file__),
            "--worker", side, "--config", config, "--steps", str(args.steps),
            "--act_repeats", str(args.act_repeats), "--threads", str(args.threads),
-           "--seed", str(args.seed), "--authors_repo", args.authors_repo]
+           "--seed", str(args.seed), "--authors_repo", args.authors_repo, "--mac_threads", args.mac_threads]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -227,6 +236,9 @@ def main(argv=None) -> int:
     p.add_argument("--act_repeats", type=int, default=20, help="timed best-of-32 calls per process and state count")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpus", default=None, help="CPU list for both sides, e.g. 0,1 (default: first --threads allowed)")
+    p.add_argument("--mac_threads", choices=("fixed", "auto"), default="fixed",
+                   help="fixed: mac uses --threads threads; auto: mac train's default, the count chosen by "
+                        "timing steps (mac.threads; its probe steps are among the timed ones)")
     p.add_argument("--busy_cores", type=int, default=0, help="cores kept busy by spinning processes while measuring")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", default=None, help="also write the markdown table here")
@@ -262,7 +274,7 @@ def main(argv=None) -> int:
 
     lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {_cpu_model()} (mac native ISA {_isa()}), "
              f"{_versions(args.jax_python)}; CPUs {cpus}, {args.threads} threads per side, "
-             f"{args.busy_cores} core(s) held busy; {args.rounds} processes per side x {args.steps} "
+             f"{args.busy_cores} core(s) held busy; mac threads {args.mac_threads}; {args.rounds} processes per side x {args.steps} "
              "updates (median per process, then median and range over processes); acting: "
              f"{args.act_repeats} calls per process.", "",
              "Command: `python benchmarks/bench_vs_authors.py " + " ".join(argv) + "`", "",
