@@ -9,6 +9,7 @@ from conftest import make_episodes
 from mac.data import (ChunkSampler, DatasetError, GoalMixture, Normalizer, OfflineData,
                       find_dataset_files, load_offline_data, parse_env_name, read_npz)
 from mac.data.files import load_shards
+from mac.data.generate import generate_dataset
 
 
 # ------------------------------------------------------------------------------------ names
@@ -230,6 +231,109 @@ def test_oracle_goal_reps_equal_ogbench(tiny_cube_dir):
         spec.name, dataset_path=str(tiny_cube_dir / "cube-single-play-v0.npz"))
     np.testing.assert_allclose(train.goal_reps[~train.terminals], ref["oracle_reps"])
     assert train.goal_dim == 3
+
+
+@pytest.fixture(scope="module")
+def tiny_puzzle_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("puzzle")
+    generate_dataset("puzzle-3x3-play-v0", 4, str(d), workers=1, seed=0, max_episode_steps=60, progress=False)
+    return d
+
+
+def _as_shards(src_dir, dataset_name, dst_dir, episodes_per_shard=(1, 1, 2)):
+    """Split ``<src_dir>/<dataset_name>.npz`` at episode ends into shards under ``dst_dir/<dataset_name>/``
+    (the same rows, every key); returns the original file."""
+    src = src_dir / f"{dataset_name}.npz"
+    with np.load(src) as f:
+        whole = {k: f[k] for k in f.files}
+    ends = np.flatnonzero(whole["terminals"]) + 1
+    assert len(ends) == sum(episodes_per_shard)
+    cuts = np.concatenate([[0], ends[np.cumsum(episodes_per_shard) - 1]])
+    d = dst_dir / dataset_name
+    d.mkdir()
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+        np.savez_compressed(d / f"{dataset_name}-{i:03d}.npz", **{k: v[a:b] for k, v in whole.items()})
+    os.symlink(src_dir / f"{dataset_name}-val.npz", d / f"{dataset_name}-val.npz")
+    return src
+
+
+@pytest.mark.parametrize("env_name", ["cube-single-play-singletask-task2-v0", "cube-single-play-oraclerep-v0",
+                                      "puzzle-3x3-play-singletask-task4-v0", "puzzle-3x3-play-oraclerep-v0"])
+def test_shard_labels_equal_ogbench_on_the_concatenation(env_name, tiny_cube_dir, tiny_puzzle_dir, tmp_path):
+    import ogbench
+    from ogbench.relabel_utils import add_oracle_reps, relabel_dataset
+
+    spec = parse_env_name(env_name)
+    src = _as_shards(tiny_cube_dir if spec.family == "cube" else tiny_puzzle_dir, spec.dataset_name, tmp_path)
+    env = ogbench.make_env_and_datasets(spec.name, env_only=True)
+    train, val = load_offline_data(spec, tmp_path, env, progress=False)
+    ref = ogbench.utils.load_dataset(str(src), compact_dataset=True, add_info=True)  # every row, as stored
+    if spec.kind == "singletask":
+        relabel_dataset(spec.env_id, env, ref)
+        got, want = (train.rewards, train.masks), (ref["rewards"], ref["masks"])
+        assert len(np.unique(ref["rewards"])) > 1 or spec.family == "cube"  # puzzle rewards vary
+    else:
+        add_oracle_reps(spec.env_id, env, ref)
+        got, want = (train.goal_reps,), (ref["oracle_reps"],)
+    for g, w in zip(got, want):
+        assert isinstance(g, np.memmap) and g.dtype == w.dtype == np.float32
+        np.testing.assert_array_equal(g, w)
+    with np.load(src) as f:
+        for k in ("observations", "actions", "terminals"):
+            np.testing.assert_array_equal(getattr(train, k), f[k])
+    cache = tmp_path / spec.dataset_name / ".mac_cache"
+    assert sorted(p.name for p in cache.glob("*.npy")) == ["actions.npy", "observations.npy", "terminals.npy"]
+    assert (cache / "labels" / spec.env_id / "manifest.json").is_file()
+    assert len(val.terminals) == 60 and (val.rewards is not None) == (spec.kind == "singletask")
+
+
+def test_shard_label_cache_is_per_env_and_follows_the_shards(tiny_puzzle_dir, tmp_path):
+    import ogbench
+
+    _as_shards(tiny_puzzle_dir, "puzzle-3x3-play-v0", tmp_path)
+    cache = tmp_path / "puzzle-3x3-play-v0" / ".mac_cache"
+    rewards, stamps = {}, {}
+    for task in (1, 4, 1):
+        spec = parse_env_name(f"puzzle-3x3-play-singletask-task{task}-v0")
+        env = ogbench.make_env_and_datasets(spec.name, env_only=True)
+        train, _ = load_offline_data(spec, tmp_path, env, progress=False)
+        if task in rewards:  # reused, not rebuilt
+            assert (cache / "labels" / spec.env_id / "manifest.json").stat().st_mtime_ns == stamps[task]
+        rewards[task] = np.array(train.rewards)
+        stamps[task] = (cache / "labels" / spec.env_id / "manifest.json").stat().st_mtime_ns
+    assert not np.array_equal(rewards[1], rewards[4])
+    # a changed shard invalidates the base cache and every env's labels
+    shard = tmp_path / "puzzle-3x3-play-v0" / "puzzle-3x3-play-v0-001.npz"
+    with np.load(shard) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["button_states"] = 1 - arrays["button_states"]
+    np.savez_compressed(shard, **arrays)
+    os.utime(shard, (1, 1))   # a different mtime even on a coarse clock
+    spec = parse_env_name("puzzle-3x3-play-singletask-task1-v0")
+    train, _ = load_offline_data(spec, tmp_path, ogbench.make_env_and_datasets(spec.name, env_only=True),
+                                 progress=False)
+    assert not np.array_equal(train.rewards, rewards[1])
+
+
+def test_interrupted_cache_build_is_never_used(tmp_path):
+    from mac.data.files import cached_columns
+
+    d = tmp_path / "shards"
+    d.mkdir()
+    shards = tuple(_save(d / f"s{i}.npz", make_episodes([3, 4], seed=i)) for i in range(3))
+    (d / ".mac_cache").mkdir()
+    (d / ".mac_cache" / "observations.npy.999999999.tmp").write_bytes(b"left by a killed builder")
+
+    def fail_on_second(arrays, where):
+        if where.endswith("s1.npz"):
+            raise KeyboardInterrupt
+        return arrays
+
+    with pytest.raises(KeyboardInterrupt):
+        cached_columns(shards, "", ("terminals", "actions"), fail_on_second, progress=False)
+    assert sorted(p.name for p in (d / ".mac_cache").iterdir()) == []  # no manifest, no temp files
+    out = cached_columns(shards, "", ("terminals", "actions"), lambda a, w: a, progress=False)
+    np.testing.assert_array_equal(out["actions"], np.concatenate([np.load(p)["actions"] for p in shards]))
 
 
 def test_dataset_of_another_env_is_rejected(tiny_cube_dir, tmp_path):

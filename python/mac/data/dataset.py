@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mac.data.files import DatasetError, find_dataset_files, load_train_arrays, read_npz
+from mac.data.files import (LABEL_KEYS, REQUIRED_KEYS, DatasetError, DatasetFiles, cached_columns,
+                            find_dataset_files, load_train_arrays, read_npz)
 from mac.data.names import EnvSpec
 
 
@@ -49,35 +50,70 @@ class OfflineData:
         return 0 if self.goal_reps is None else self.goal_reps.shape[1]
 
 
-def add_labels(spec: EnvSpec, env, arrays: dict[str, np.ndarray], where: str) -> OfflineData:
-    """Rewards/masks (singletask) or goal representations (goal tasks) via ogbench's own code."""
+LABELS_VERSION = 1
+
+
+def compute_labels(spec: EnvSpec, env, arrays: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+    """OGBench's own labels of the rows in ``arrays`` (needs qpos, and button_states for puzzle/scene):
+    ``{"rewards": (n,), "masks": (n,)}`` float32 for singletask envs (``relabel_dataset``),
+    ``{"goal_reps": (n, G)}`` float32 for oraclerep envs (``add_oracle_reps``), ``{}`` otherwise.
+
+    Both ogbench functions are row-wise (each row's label reads only that row's qpos/button_states
+    and the env's fixed task), so labelling shard by shard gives exactly the labels of the whole.
+    """
     from ogbench.relabel_utils import add_oracle_reps, relabel_dataset
 
-    data = OfflineData(arrays["observations"], arrays["actions"], arrays["terminals"])
-    if spec.kind in ("singletask", "oraclerep"):
-        info = {k: arrays[k] for k in ("qpos", "button_states") if k in arrays}
-        if "qpos" not in info:
-            raise DatasetError(f"{where}: {spec.kind} env {spec.name!r} needs the 'qpos' key "
-                               "(and 'button_states' for puzzle/scene) to compute OGBench labels")
-        if spec.family in ("puzzle", "scene") and "button_states" not in info:
-            raise DatasetError(f"{where}: {spec.family} datasets need 'button_states'")
-        if spec.kind == "singletask":
-            relabel_dataset(spec.env_id, env, info)
-            data.rewards, data.masks = info["rewards"], info["masks"]
-        else:
-            add_oracle_reps(spec.env_id, env, info)
-            data.goal_reps = info["oracle_reps"]
-    else:
-        data.goal_reps = data.observations
-    return data
+    if spec.kind not in ("singletask", "oraclerep"):
+        return {}
+    info = {k: arrays[k] for k in ("qpos", "button_states") if k in arrays}
+    if "qpos" not in info:
+        raise DatasetError(f"{where}: {spec.kind} env {spec.name!r} needs the 'qpos' key "
+                           "(and 'button_states' for puzzle/scene) to compute OGBench labels")
+    if spec.family in ("puzzle", "scene") and "button_states" not in info:
+        raise DatasetError(f"{where}: {spec.family} datasets need 'button_states'")
+    if spec.kind == "singletask":
+        relabel_dataset(spec.env_id, env, info)
+        return {"rewards": info["rewards"], "masks": info["masks"]}
+    add_oracle_reps(spec.env_id, env, info)
+    return {"goal_reps": info["oracle_reps"]}
+
+
+def _offline_data(spec: EnvSpec, arrays: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> OfflineData:
+    if spec.kind == "goal":
+        labels = {"goal_reps": arrays["observations"]}
+    return OfflineData(arrays["observations"], arrays["actions"], arrays["terminals"], **labels)
+
+
+def add_labels(spec: EnvSpec, env, arrays: dict[str, np.ndarray], where: str) -> OfflineData:
+    """Rows in RAM (one file) with their labels (:func:`compute_labels`)."""
+    return _offline_data(spec, arrays, compute_labels(spec, env, arrays, where))
+
+
+def _shard_labels(spec: EnvSpec, env, files: DatasetFiles, progress: bool) -> dict[str, np.ndarray]:
+    """:func:`compute_labels` of every shard, memory-mapped from ``.mac_cache/labels/<env id>``
+    (built once per env: it reads only terminals, qpos and button_states, one shard at a time)."""
+    if spec.kind not in ("singletask", "oraclerep"):
+        return {}
+    from importlib.metadata import version
+
+    key = {"env_id": spec.env_id, "kind": spec.kind, "labels_version": LABELS_VERSION,
+           "ogbench": version("ogbench")}
+    return cached_columns(files.train, f"labels/{spec.env_id}", ("terminals", *LABEL_KEYS),
+                          lambda arrays, where: compute_labels(spec, env, arrays, where), key=key,
+                          progress=progress, desc=f"labelling shards ({spec.env_id})")
 
 
 def load_offline_data(spec: EnvSpec, dataset_dir: str | os.PathLike, env,
                       progress: bool = True) -> tuple[OfflineData, OfflineData]:
-    """(train, val) for ``spec`` from ``dataset_dir``; ``env`` is the env made for ``spec``."""
+    """(train, val) for ``spec`` from ``dataset_dir``; ``env`` is the env made for ``spec``.
+
+    A single training file (the official 1M layout; an .npz cannot be memory-mapped) is read into
+    RAM; a shard layout, even of one shard, is memory-mapped from its cache (memory bounded by one
+    shard at any total size). The validation file is read into RAM.
+    """
     files = find_dataset_files(spec.dataset_name, dataset_dir)
     train_arrays = load_train_arrays(files, progress=progress)
-    val_arrays = read_npz(files.val)
+    val_arrays = read_npz(files.val, REQUIRED_KEYS + LABEL_KEYS)
     for what, a in (("validation", val_arrays),):
         for k in ("observations", "actions"):
             if a[k].shape[1:] != train_arrays[k].shape[1:]:
@@ -89,7 +125,10 @@ def load_offline_data(spec: EnvSpec, dataset_dir: str | os.PathLike, env,
         if expected != got:
             raise DatasetError(f"{files.train[0]}: observations have {got} dims but {spec.env_id} "
                                f"produces {expected}; the file belongs to another environment")
-    train = add_labels(spec, env, train_arrays, str(files.train[0]))
+    if not files.sharded:
+        train = add_labels(spec, env, train_arrays, str(files.train[0]))
+    else:
+        train = _offline_data(spec, train_arrays, _shard_labels(spec, env, files, progress))
     val = add_labels(spec, env, val_arrays, str(files.val))
     return train, val
 

@@ -47,6 +47,12 @@ class GoalMixture:
                                  f"sum to 1, got {probs}")
 
 
+def _chunk_windows(x: np.ndarray, h: int) -> np.ndarray:
+    """Read-only view (N - h + 1, h, ...) of x (N, ...): row t is x[t : t + h]. No copy."""
+    return np.lib.stride_tricks.as_strided(x, (len(x) - h + 1, h, *x.shape[1:]), (x.strides[0], *x.strides),
+                                           writeable=False)
+
+
 class ChunkSampler:
     """Draws training batches of action chunks from ``data``.
 
@@ -99,6 +105,12 @@ class ChunkSampler:
                                f"episode has {int(lengths.max()) if len(lengths) else 0} transitions; "
                                "use a shorter --agent.chunk_len or a dataset with longer episodes")
         self.reward_weights = (self.discount ** np.arange(self.h)).astype(np.float32)
+        # One gather per chunk instead of h (the rows of a chunk are contiguous in every column)
+        self._action_windows = _chunk_windows(data.actions, self.h)                 # (N-h+1, h, A)
+        if data.rewards is not None:
+            self._reward_windows = _chunk_windows(data.rewards, self.h)             # (N-h+1, h)
+        if data.masks is not None:
+            self._mask_windows = _chunk_windows(data.masks, self.h)                 # (N-h+1, h)
         self.rng = np.random.default_rng(seed)
 
     # -- state for exact resume
@@ -159,16 +171,16 @@ class ChunkSampler:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         d, h = self.data, self.h
         t, ep = self.sample_starts(batch_size)
-        window = t[:, None] + np.arange(h)                               # (B, h)
-        obs, next_obs = d.observations[t], d.observations[t + h]
+        both = d.observations[np.concatenate([t, t + h])]                # (2B, S): s_t then s_{t+h}
         if self.obs_normalizer is not None:
-            obs, next_obs = self.obs_normalizer(obs), self.obs_normalizer(next_obs)
+            both = self.obs_normalizer(both)
+        both = np.asarray(both, np.float32)
         batch = {
             "idxs": t,
-            "observations": np.asarray(obs, np.float32),
-            "actions": np.clip(np.asarray(d.actions[window.ravel()], np.float32).reshape(batch_size, -1),
+            "observations": both[:batch_size],
+            "actions": np.clip(np.asarray(self._action_windows[t], np.float32).reshape(batch_size, -1),
                                -self.ACTION_CLIP, self.ACTION_CLIP),
-            "next_observations": np.asarray(next_obs, np.float32),
+            "next_observations": both[batch_size:],
         }
         if self.goal_conditioned:
             end = d.episode_ends[ep]
@@ -180,14 +192,14 @@ class ChunkSampler:
             batch["actor_goals"] = self._goals(self._actor_goal_idxs(t, end))
             batch["value_goal_idxs"] = value_idx
         else:
-            r = d.rewards[window]                                              # (B, h)
+            r = self._reward_windows[t]                                        # (B, h)
             if self.chunk_reward == "sum":
                 batch["rewards"] = r @ self.reward_weights
             else:  # the authors' np.mean(rewards * discount ** arange(h)), in float64 as theirs
                 batch["rewards"] = np.mean(r * self.discount ** np.arange(h, dtype=np.float64),
                                            axis=1).astype(np.float32)
             if self.reward_task_termination:
-                batch["masks"] = d.masks[window].min(axis=1).astype(np.float32)
+                batch["masks"] = self._mask_windows[t].min(axis=1).astype(np.float32)
             else:  # the authors' np.ones_like: the success net learns "never", returns are not cut
                 batch["masks"] = np.ones(batch_size, np.float32)
         return batch
