@@ -68,15 +68,17 @@ def test_paper_chunk_labels_equal_the_authors_formulas():
     assert set(b["masks"]) == {1.0}
 
 
-def test_cpu_preset_keeps_sum_and_ogbench_masks():
+def test_cpu_preset_takes_the_mean_and_ogbench_masks():
+    """The CPU preset (chosen by the measurement in docs/RESULTS.md): the authors' mean chunk reward,
+    OGBench's masks for termination."""
     data, h = reward_data(), 3
     s = ChunkSampler(data, h, 0.9, seed=0, **sampler_options(preset("cpu")))
     b = s.sample(300)
     row8 = np.flatnonzero(b["idxs"] == 8)[0]           # rewards -2, -1, 0 ; masks 1, 1, 0
-    np.testing.assert_allclose(b["rewards"][row8], -2 - 0.9 + 0, rtol=1e-6)
+    np.testing.assert_allclose(b["rewards"][row8], (-2 - 0.9 + 0) / h, rtol=1e-6)
     assert b["masks"][row8] == 0.0
     row1 = np.flatnonzero(b["idxs"] == 1)[0]           # rewards -1, -1, 0 -> mask min = 0
-    np.testing.assert_allclose(b["rewards"][row1], -1.9, rtol=1e-6)
+    np.testing.assert_allclose(b["rewards"][row1], -1.9 / h, rtol=1e-6)
     assert b["masks"][row1] == 0.0
     row0 = np.flatnonzero(b["idxs"] == 0)[0]           # rewards -2, -1, -1 -> all masks 1
     assert b["masks"][row0] == 1.0
@@ -177,7 +179,7 @@ def test_presets_flags_and_authors_names():
             paper.target_network, paper.layer_norm, paper.value_geom_sample, paper.actor_geom_sample,
             paper.actor_goal_current, paper.normalize_obs, paper.gc_negative) == (
         "mean", False, 1.0, "mse", True, True, False, True, 0.0, True, True)
-    assert (cpu.chunk_reward, cpu.reward_task_termination) == ("sum", True)
+    assert (cpu.chunk_reward, cpu.reward_task_termination) == ("mean", True)
     cfg, rest = apply_agent_flags(paper, [
         "--agent.lam=0.9", "--agent.value_loss=squared", "--agent.target_network=false",
         "--agent.layer_norm", "false", "--agent.actor_hidden_dims=8,8", "--agent.value_hidden_dims=none",
