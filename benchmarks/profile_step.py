@@ -77,6 +77,22 @@ def make_agent(config_name: str, seed: int) -> tuple[MACAgent, dict]:
     return agent, batch
 
 
+def step_flops(agent: MACAgent) -> dict[str, float]:
+    """Matmul FLOPs of one ``update`` (2 per multiply-add; a backward pass counted as 2 forwards):
+    {"rollout": ..., "training": ...}. The floor any implementation pays at a given FLOP/s."""
+    cfg = agent.config
+    B, Br, H, N, K = cfg.batch_size, cfg.rollout_batch, cfg.rollout_steps, cfg.num_samples_train, cfg.flow_steps
+
+    def f(net):
+        return 0.0 if net is None else sum(2.0 * m.in_features * m.out_features for m in net.modules()
+                                           if isinstance(m, torch.nn.Linear))
+    model = f(agent.dynamics) + f(agent.reward) + f(agent.success)
+    rollout = H * Br * (N * (f(agent.actor) + f(agent.critic)) + model)
+    with_grad = B * (model + f(agent.flow_actor) + f(agent.actor)) + Br * (H * f(agent.value) + f(agent.critic))
+    no_grad = K * B * f(agent.flow_actor) + 2 * Br * f(agent.value)   # teacher; bootstrap + critic target
+    return {"rollout": rollout, "training": 3 * with_grad + no_grad}
+
+
 def instrument(agent: MACAgent, clock: PhaseClock) -> None:
     """Wrap the agent's pieces (instance attributes shadow the methods; the module's euler_flow and
     Tensor.backward are patched for the process: this script only profiles)."""
@@ -124,8 +140,13 @@ def main(argv=None) -> int:
           f"rollout batch {cfg.rollout_batch}, H={cfg.rollout_steps}, N={cfg.num_samples_train}, "
           f"K={cfg.flow_steps}; rollout backend {args.backend}; {args.threads} threads; native ISA "
           f"{mac.info()['cpu_core']['cpu_isa']}; torch {torch.__version__}; {args.steps} steps")
-    print(f"median step {statistics.median(step_times) * 1e3:.1f} ms (min {min(step_times) * 1e3:.1f})"
+    med = statistics.median(step_times)
+    flops = step_flops(agent)
+    print(f"median step {med * 1e3:.1f} ms (min {min(step_times) * 1e3:.1f})"
           + (" [under torch.profiler: slower]" if prof else ""))
+    print(f"matmul work per step: rollout {flops['rollout'] / 1e9:.1f} GFLOP, the rest "
+          f"{flops['training'] / 1e9:.1f} GFLOP; whole step at {sum(flops.values()) / med / 1e9:.0f} GFLOP/s, "
+          f"rollout at {flops['rollout'] / (clock.totals['rollout'] / args.steps) / 1e9:.0f} GFLOP/s")
     print("\n| phase | ms per step | share |\n|---|---|---|")
     for name, t in sorted(clock.totals.items(), key=lambda kv: -kv[1]):
         print(f"| {name} | {t / args.steps * 1e3:.1f} | {t / total:.0%} |")
