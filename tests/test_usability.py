@@ -193,7 +193,7 @@ class _FakeCudaExt:
         return dict(self.status)
 
     def build_info(self):
-        return {"cuda_archs": "80"}
+        return {"cuda_archs": "80", "cuda_runtime_version": 13000}
 
 
 DRIVER = "CUDA runtime reports: CUDA driver version is insufficient for CUDA runtime version"
@@ -213,9 +213,19 @@ def test_cuda_status_without_a_gpu_says_no_device(monkeypatch, reason):
 
 
 def test_cuda_status_keeps_the_driver_message_when_a_gpu_is_there(monkeypatch):
+    """A GPU whose driver is older than the toolkit the kernels were built with: the runtime's
+    message, then the versions involved and the two ways out (newer driver, or a rebuild with the
+    toolkit of the driver's major version)."""
     from mac import _native
     monkeypatch.setattr(_native, "cuda_ext", _FakeCudaExt({"usable": False, "device_count": 0, "reason": DRIVER}))
     monkeypatch.setattr(_native, "nvidia_device_visible", lambda: True)
+    monkeypatch.setattr(_native, "driver_cuda_version", lambda: 12040)
+    st = _native.cuda_status()
+    assert st["reason"].startswith(DRIVER) and st["driver_cuda_version"] == 12040
+    for part in ("built with CUDA 13.0", "supports CUDA 12.4", "580", "CUDACXX=/usr/local/cuda-12/bin/nvcc",
+                 "auto keeps using torch"):
+        assert part in st["reason"], part
+    monkeypatch.setattr(_native, "driver_cuda_version", lambda: None)   # versions unknown: the message alone
     assert _native.cuda_status()["reason"] == DRIVER
     old_gpu = "no device with compute capability >= 8.0 (TF32/bf16 tensor cores); found: T4 (sm_75)"
     monkeypatch.setattr(_native, "cuda_ext", _FakeCudaExt({"usable": False, "device_count": 1, "reason": old_gpu}))

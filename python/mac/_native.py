@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import importlib
 import os
@@ -56,6 +57,37 @@ def nvidia_device_visible() -> bool:
         return False
 
 
+def driver_cuda_version() -> int | None:
+    """The newest CUDA version the installed NVIDIA driver supports (e.g. 12040 for 12.4), read from
+    libcuda itself (works whatever runtime the kernels were built with); None without a driver."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    v = ctypes.c_int(0)
+    return v.value if lib.cuDriverGetVersion(ctypes.byref(v)) == 0 and v.value else None
+
+
+def _cuda_version_text(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def _old_driver_advice(built: int | None, driver: int | None) -> str:
+    """Why kernels built with CUDA ``built`` do not load on this driver, and the ways out. NVIDIA's
+    compatibility rules: a driver runs code from toolkits of its own major version and older (minor
+    version compatibility stays within a major family), so a CUDA 13 build needs a driver for CUDA
+    13 (580 or newer) even where torch, built with CUDA 12, runs."""
+    if not built or not driver:
+        return ""
+    major = driver // 1000
+    return (f": the CUDA kernels were built with CUDA {_cuda_version_text(built)}, and this driver "
+            f"supports CUDA {_cuda_version_text(driver)} at most. rollout_backend=auto keeps using torch "
+            f"on this GPU. To use the kernels, update the driver (CUDA {built // 1000} needs "
+            f"{'580' if built // 1000 == 13 else 'a matching driver'} or newer) or rebuild mac with a CUDA "
+            f"{major}.x toolkit: CUDACXX=/usr/local/cuda-{major}/bin/nvcc pip install --force-reinstall "
+            "--no-deps .")
+
+
 def cuda_status() -> dict[str, Any]:
     """Whether the CUDA kernels can run now; ``reason`` says why not."""
     if cuda_ext is None:
@@ -70,6 +102,10 @@ def cuda_status() -> dict[str, Any]:
             and any(e in reason for e in _NO_DEVICE_ERRORS) and not nvidia_device_visible()):
         # No GPU here at all: say so. (With a device present, an old driver's message is kept.)
         status["reason"] = NO_CUDA_DEVICE
+    elif not status["usable"] and "driver version is insufficient" in reason:
+        driver = status.get("driver_version") or driver_cuda_version()
+        status["driver_cuda_version"] = driver
+        status["reason"] = reason + _old_driver_advice(cuda_ext.build_info().get("cuda_runtime_version"), driver)
     if status["usable"]:
         try:
             import torch
