@@ -15,7 +15,8 @@ and only the cache costs disk. For each size, each phase runs in a fresh subproc
   pass 2 warm (the same seed again, so the same pages).
 
 Peak RSS is VmHWM, which counts the file pages a process has mapped (page cache: shared, clean,
-reclaimable); "anon" is the process's own memory (RssAnon polled every 10 ms, and at phase end).
+reclaimable), bounded while sampling by ``--mapped_budget_mb`` (ChunkSampler's default; 0: no bound);
+"anon" is the process's own memory (RssAnon polled every 10 ms, and at phase end).
 Each size's data is deleted after it is measured unless --keep.
 """
 
@@ -175,12 +176,14 @@ def disk_bytes(path: Path, exclude_inodes=()) -> int:
 
 # ------------------------------------------------------------------------------------ phases
 
-def _load(data_dir: Path, env):
+def _load(data_dir: Path, env, budget_mb: float | None):
     from mac.data import ChunkSampler, Normalizer, load_offline_data, parse_env_name
 
     spec = parse_env_name(ENV_NAME)
     train, val = load_offline_data(spec, data_dir, env, progress=False)
-    sampler = ChunkSampler(train, CHUNK, 0.99, obs_normalizer=Normalizer.fit(val.observations), seed=0)
+    budget = {} if budget_mb is None else {"mapped_budget_mb": budget_mb or None}   # None: the default
+    sampler = ChunkSampler(train, CHUNK, 0.99, obs_normalizer=Normalizer.fit(val.observations), seed=0,
+                           **budget)
     return train, sampler
 
 
@@ -195,7 +198,7 @@ def _timed_pass(sampler, batches: int) -> tuple[float, float]:
     return BATCH * batches / times.sum(), BATCH / np.median(times)
 
 
-def run_phase(phase: str, data_dir: Path, batches: int) -> dict:
+def run_phase(phase: str, data_dir: Path, batches: int, budget_mb: float | None) -> dict:
     import ogbench
 
     env = ogbench.make_env_and_datasets(ENV_NAME, env_only=True)
@@ -205,29 +208,31 @@ def run_phase(phase: str, data_dir: Path, batches: int) -> dict:
     t = time.perf_counter()
     if phase == "build":
         assert not cache_files(data_dir), "the cache exists already"
-        train, _ = _load(data_dir, env)
+        train, _ = _load(data_dir, env, budget_mb)
         out["build_s"] = time.perf_counter() - t
         out["rows"] = len(train)
     elif phase == "load":
-        _load(data_dir, env)
+        _load(data_dir, env, budget_mb)
         out["load_s"] = time.perf_counter() - t
     else:
         files = cache_files(data_dir)
         drop_pages(files)
         out["resident_after_drop"] = resident_fraction(files)
-        _, sampler = _load(data_dir, env)
+        _, sampler = _load(data_dir, env, budget_mb)
         out["cold_sps"], out["cold_median_sps"] = _timed_pass(sampler, batches)
         out["resident_after_cold"] = resident_fraction(files)
         out["warm_sps"], out["warm_median_sps"] = _timed_pass(sampler, batches)
+        out["releases"] = sampler.mapped_pages.releases if sampler.mapped_pages else 0
     out["anon_peak_mb"] = anon.stop()
     out["rss_peak_mb"] = proc_status_kb("VmHWM") / 1024
     return out
 
 
-def spawn_phase(phase: str, data_dir: Path, batches: int) -> dict:
+def spawn_phase(phase: str, data_dir: Path, batches: int, budget_mb: float | None) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    budget = [] if budget_mb is None else ["--mapped_budget_mb", str(budget_mb)]
     res = subprocess.run([sys.executable, __file__, "--_phase", phase, "--_data", str(data_dir),
-                          "--batches", str(batches)], capture_output=True, text=True, env=env)
+                          "--batches", str(batches), *budget], capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"phase {phase} failed:\n{res.stdout}\n{res.stderr}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -245,11 +250,13 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--src_episodes", type=int, default=4, help="generated episodes tiled into the shard")
     p.add_argument("--margin_gb", type=float, default=4.0, help="disk to leave free")
     p.add_argument("--keep", action="store_true", help="keep each size's data")
+    p.add_argument("--mapped_budget_mb", type=float,
+                   help="the sampler's bound on mapped cache pages (0: no bound; default: the sampler's)")
     p.add_argument("--_phase", help=argparse.SUPPRESS)
     p.add_argument("--_data", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._phase:
-        print(json.dumps(run_phase(args._phase, Path(args._data), args.batches)))
+        print(json.dumps(run_phase(args._phase, Path(args._data), args.batches, args.mapped_budget_mb)))
         return []
     if not args.dir:
         p.error("--dir is required")
@@ -270,11 +277,11 @@ def main(argv=None) -> list[dict]:
         d = make_size(root, shard, val, n_shards)
         try:
             r = {"rows": n_shards * shard_rows, "shards": n_shards}
-            r["build"] = spawn_phase("build", d, args.batches)
+            r["build"] = spawn_phase("build", d, args.batches, args.mapped_budget_mb)
             r["cache_gb"] = disk_bytes(d / DATASET / ".mac_cache") / 1e9
             r["disk_gb"] = disk_bytes(d) / 1e9      # the cache + the one physical shard + val
-            r["load"] = spawn_phase("load", d, args.batches)
-            r["sample"] = spawn_phase("sample", d, args.batches)
+            r["load"] = spawn_phase("load", d, args.batches, args.mapped_budget_mb)
+            r["sample"] = spawn_phase("sample", d, args.batches, args.mapped_budget_mb)
         finally:
             if not args.keep:
                 shutil.rmtree(d)

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from conftest import make_episodes
 from mac.data import (ChunkSampler, DatasetError, GoalMixture, Normalizer, OfflineData,
                       find_dataset_files, load_offline_data, parse_env_name, read_npz)
-from mac.data.files import load_shards
+from mac.data.files import MappedPages, cached_columns, load_shards
 from mac.data.generate import generate_dataset
 
 
@@ -190,6 +190,73 @@ def test_sampler_resume_state_reproduces_stream():
     got = s2.sample(10)
     for k in want:
         np.testing.assert_array_equal(want[k], got[k])
+
+
+def _mapped_data(d, obs_dim=64):
+    """A 48k-row sharded dataset (obs_dim 64: 12 MB of observations), memory-mapped from its cache
+    under ``d``, with memory-mapped rewards/masks as the label cache has them."""
+    for i in range(3):
+        _save(d / f"shard-{i}.npz", make_episodes([400] * 40, obs_dim=obs_dim, action_dim=8, seed=i))
+    shards = tuple(sorted(d.glob("shard-*.npz")))
+    a = load_shards(shards, progress=False)
+    labels = cached_columns(shards, "labels/test", ("terminals",), lambda arrays, where: {
+        "rewards": arrays["terminals"].astype(np.float32) - 1,
+        "masks": (~arrays["terminals"]).astype(np.float32)}, progress=False)
+    return OfflineData(a["observations"], a["actions"], a["terminals"], goal_reps=a["observations"],
+                       **labels)
+
+
+def _mapped_kb(directory) -> int:
+    """Rss (kB) of this process's mappings of the files under ``directory`` (/proc/self/smaps)."""
+    prefix, total, inside = os.path.realpath(directory) + os.sep, 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if not head[0].endswith(":"):        # a mapping's first line: range perms offset dev inode [path]
+                inside = len(head) == 6 and head[5].startswith(prefix)
+            elif inside and head[0] == "Rss:":
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.parametrize("goal_conditioned", [False, True])
+def test_releasing_mapped_pages_keeps_batches_identical(tmp_path, goal_conditioned):
+    data = _mapped_data(tmp_path)
+    kw = dict(goal_conditioned=goal_conditioned, reward_task_termination=True, seed=3)
+    free, tight = (ChunkSampler(data, 5, 0.9, mapped_budget_mb=b, **kw) for b in (None, 0))
+    assert free.mapped_pages is None and tight.mapped_pages is not None
+    for _ in range(20):
+        want, got = free.sample(64), tight.sample(64)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    want, got = free.sample_sequences(16, 3), tight.sample_sequences(16, 3)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert tight.mapped_pages.releases > 10
+    assert ChunkSampler(data, 5, 0.9).mapped_pages is None          # the cache fits the default budget
+    assert ChunkSampler(_reward_data([20, 30]), 4, 0.9, mapped_budget_mb=0).mapped_pages is None  # in RAM
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_mapped_pages_of_the_cache_stay_under_the_budget(tmp_path, monkeypatch):
+    data = _mapped_data(tmp_path, obs_dim=256)                # 49 MB of observations
+    cache, budget_kb = tmp_path / ".mac_cache", 16 * 1024
+    free = ChunkSampler(data, 5, 0.9, mapped_budget_mb=None)
+    for _ in range(100):
+        free.sample(64)
+    assert _mapped_kb(cache) > 2 * budget_kb      # without a budget the gathers keep the cache mapped
+    peaks = []                                    # the cache's mapped kB after each batch, before its check
+    check = MappedPages.check
+    monkeypatch.setattr(MappedPages, "check", lambda self: (peaks.append(_mapped_kb(cache)), check(self)))
+    s = ChunkSampler(data, 5, 0.9, mapped_budget_mb=budget_kb / 1024)
+    assert _mapped_kb(cache) == 0                 # pages mapped before (by loading, by `free`) dropped
+    after = [0]
+    for _ in range(200):
+        s.sample(2)
+        after.append(_mapped_kb(cache))
+    assert max(after) <= budget_kb and s.mapped_pages.releases > 1
+    # within a batch: over the budget by at most the largest batch
+    assert max(peaks) <= budget_kb + max(p - a for p, a in zip(peaks, after))
 
 
 @settings(max_examples=30, deadline=None)

@@ -38,7 +38,7 @@ from mac.config import (AgentConfig, agent_help, apply_agent_flags, fit_normaliz
 from mac.console import show_progress
 from mac.diagnostics import Diagnostics
 from mac.data import ChunkSampler, DatasetError, load_offline_data, validate_env_name
-from mac.data.files import find_dataset_files
+from mac.data.files import MAPPED_BUDGET_MB, find_dataset_files
 from mac.distributed import DEFAULT_TIMEOUT_S, DistContext, dataset_fingerprint, rank_label, rank_seed
 from mac.evaluate import Policy, evaluate, make_env
 from mac.logging_utils import CsvLog, Loggers, TensorBoard, WandbLog
@@ -151,6 +151,10 @@ def add_arguments(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None
     p.add_argument("--generate_episodes", type=int, default=100,
                    help="if the dataset is missing from the default --dataset_dir and cannot be "
                         "downloaded, generate this many episodes locally (0: never generate, error instead)")
+    p.add_argument("--mapped_budget_mb", type=float, default=MAPPED_BUDGET_MB,
+                   help="shard datasets: the most MB of the memory-mapped cache kept mapped (counted in "
+                        "RSS); pages beyond are unmapped, not lost: a smaller budget only costs sampling "
+                        "speed (0: no bound)")
     p.add_argument("--no_progress", action="store_true",
                    help="no progress bars (they are drawn only on a terminal anyway)")
     p.add_argument("--no_download", action="store_true",
@@ -407,7 +411,8 @@ def _train(args, cfg, spec, resume, argv, device, ctx: DistContext, say) -> Path
                           "run directory, on resume) on every node")
     obs_norm, goal_norm = fit_normalizers(cfg, val_data, spec.goal_conditioned)
     sampler_kwargs = dict(obs_normalizer=obs_norm, goal_normalizer=goal_norm,
-                          goal_conditioned=spec.goal_conditioned, **sampler_options(cfg))
+                          goal_conditioned=spec.goal_conditioned, **sampler_options(cfg),
+                          mapped_budget_mb=args.mapped_budget_mb or None)
     sampler = ChunkSampler(train_data, cfg.chunk_len, cfg.discount, seed=rank_seed(args.seed, ctx.rank),
                            **sampler_kwargs)
     # val/ losses, BC error and model error at every log step (rank 0 logs), off the training streams

@@ -189,6 +189,65 @@ def _open_cached(path: Path) -> np.ndarray:
     return a
 
 
+MAPPED_BUDGET_MB = 1024   # default of MappedPages' budget (mac train --mapped_budget_mb)
+
+
+_statm: tuple[int, int] | None = None   # (pid, fd): kept open (2 us a read, not 11); /proc/self is per pid
+
+
+def _file_rss() -> int:
+    """This process's resident file-backed and shared-memory pages (RssFile + RssShmem), in bytes."""
+    global _statm
+    if _statm is None or _statm[0] != os.getpid():
+        _statm = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
+    return int(os.pread(_statm[1], 256, 0).split()[2]) * mmap.PAGESIZE
+
+
+class MappedPages:
+    """Bounds the pages of read-only memory-mapped arrays (the shard cache) that stay mapped in this
+    process, and so its RSS.
+
+    A page that a gather touches stays mapped until the mapping is closed: random rows of a 14 GB
+    cache end up mapping all of it, and RSS (VmHWM) reaches 14 GB although the pages are clean page
+    cache. Call :meth:`check` after each batch (it reads /proc/self/statm, 2 us): when one more batch,
+    growing the process's file-backed RSS as much as the last one, would take it past
+    ``budget_bytes``, the mappings' pages are dropped with madvise(MADV_DONTNEED). The data stays in
+    the file and the page cache; the next access maps it again (a minor fault), so values never
+    change. A batch's own pages are not split: one that maps more than the budget (a fault maps a
+    whole page-cache folio, up to 2 MB) is released after it.
+    """
+
+    def __init__(self, maps: list[mmap.mmap], budget_bytes: int):
+        self.maps = maps
+        self.budget = int(budget_bytes)
+        self.releases = 0
+        self._batch = 0    # the growth of the last batch (a one-off, e.g. a library paged in, passes)
+        self.release()     # loading mapped pages too (every terminal row, at least)
+
+    @classmethod
+    def of(cls, arrays, budget_bytes: int | None) -> "MappedPages | None":
+        """For the read-only memmaps among ``arrays``; None where there is nothing to bound: no budget,
+        arrays in RAM, maps that fit in the budget whole, or no Linux procfs."""
+        maps = {id(m): m for m in (getattr(a, "_mmap", None) for a in arrays
+                                   if isinstance(a, np.memmap) and a.mode == "r") if m is not None}
+        if budget_bytes is None or sum(len(m) for m in maps.values()) <= budget_bytes \
+                or not hasattr(mmap, "MADV_DONTNEED") or not os.path.exists("/proc/self/statm"):
+            return None
+        return cls(list(maps.values()), budget_bytes)
+
+    def check(self) -> None:
+        used = _file_rss() - self._base     # other files' pages too: errs on the safe side
+        self._batch, self._used = used - self._used, used
+        if used + self._batch > self.budget:
+            self.release()
+
+    def release(self) -> None:
+        for m in self.maps:
+            m.madvise(mmap.MADV_DONTNEED)   # read-only MAP_SHARED: drops the mapping, not the data
+        self.releases += 1
+        self._base, self._used = _file_rss(), 0
+
+
 def cached_columns(shards: tuple[Path, ...], subdir: str, keys_wanted, compute, key: dict | None = None,
                    progress: bool = True, desc: str = "caching shards") -> dict[str, np.ndarray]:
     """Columns computed shard by shard and concatenated into memory-mapped ``.npy`` files under

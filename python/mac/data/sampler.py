@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mac.data.dataset import Normalizer, OfflineData
-from mac.data.files import DatasetError
+from mac.data.files import MAPPED_BUDGET_MB, DatasetError, MappedPages
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,10 @@ class ChunkSampler:
 
     Dataset actions are clipped to +-(1 - 1e-5) as the authors do when loading (envs/env_utils.py);
     here per batch, which gives the same numbers without copying a memory-mapped dataset.
+
+    ``mapped_budget_mb``: for a memory-mapped dataset (shards), the most of its pages kept mapped in
+    this process (:class:`mac.data.files.MappedPages`); None: no bound (RSS grows to the touched part
+    of the cache). Batches are the same either way.
     """
 
     ACTION_CLIP = 1.0 - 1e-5
@@ -76,7 +80,8 @@ class ChunkSampler:
     def __init__(self, data: OfflineData, chunk_len: int, discount: float, *,
                  obs_normalizer: Normalizer | None = None, goal_normalizer: Normalizer | None = None,
                  goal_conditioned: bool = False, goal_mixture: GoalMixture = GoalMixture(),
-                 seed: int = 0, chunk_reward: str = "mean", reward_task_termination: bool = False):
+                 seed: int = 0, chunk_reward: str = "mean", reward_task_termination: bool = False,
+                 mapped_budget_mb: float | None = MAPPED_BUDGET_MB):
         if chunk_reward not in ("mean", "sum"):
             raise ValueError(f"chunk_reward must be 'mean' or 'sum', got {chunk_reward!r}")
         if isinstance(chunk_len, bool) or not isinstance(chunk_len, (int, np.integer)) or chunk_len < 1:
@@ -112,6 +117,13 @@ class ChunkSampler:
         if data.masks is not None:
             self._mask_windows = _chunk_windows(data.masks, self.h)                 # (N-h+1, h)
         self.rng = np.random.default_rng(seed)
+        self.mapped_pages = MappedPages.of(
+            (data.observations, data.actions, data.terminals, data.rewards, data.masks, data.goal_reps),
+            None if mapped_budget_mb is None else int(mapped_budget_mb * 2 ** 20))
+
+    def _after_gathers(self) -> None:
+        if self.mapped_pages is not None:
+            self.mapped_pages.check()
 
     # -- state for exact resume
     def state_dict(self) -> dict:
@@ -153,6 +165,7 @@ class ChunkSampler:
             obs = self.obs_normalizer(obs)
         rows = (starts[:, :, None] + np.arange(h)).ravel()                     # (L, B, h)
         actions = np.clip(np.asarray(d.actions[rows], np.float32), -self.ACTION_CLIP, self.ACTION_CLIP)
+        self._after_gathers()
         return {"observations": np.asarray(obs, np.float32).reshape(L, batch_size, -1),
                 "actions": actions.reshape(L, batch_size, -1), "idxs": t}
 
@@ -202,6 +215,7 @@ class ChunkSampler:
                 batch["masks"] = self._mask_windows[t].min(axis=1).astype(np.float32)
             else:  # the authors' np.ones_like: the success net learns "never", returns are not cut
                 batch["masks"] = np.ones(batch_size, np.float32)
+        self._after_gathers()
         return batch
 
     def _goals(self, idx: np.ndarray) -> np.ndarray:
