@@ -25,7 +25,7 @@ def main() -> None:
         train, _ = load_offline_data(spec, args.dataset_dir, make_env(spec), progress=False)
         rewards, masks = np.asarray(train.rewards), np.asarray(train.masks)
         levels, counts = np.unique(rewards, return_counts=True)
-        reached = sum(bool((masks[s:e + 1] == 0).any()) for s, e in zip(train.episode_starts, train.episode_ends))
+        reached = int((np.minimum.reduceat(masks, train.episode_starts) == 0).sum())   # episodes are contiguous
         print(f"{name}: {len(rewards)} rows, {len(train.episode_starts)} episodes")
         print("  rows by reward:", ", ".join(f"{lv:g}: {c / len(rewards):.2%}" for lv, c in zip(levels, counts)))
         print(f"  rows at success (mask 0): {np.mean(masks == 0):.2%}; episodes that reach success: {reached}")
