@@ -28,7 +28,7 @@ def main() -> None:
         reached = int((np.minimum.reduceat(masks, train.episode_starts) == 0).sum())   # episodes are contiguous
         print(f"{name}: {len(rewards)} rows, {len(train.episode_starts)} episodes")
         print("  rows by reward:", ", ".join(f"{lv:g}: {c / len(rewards):.2%}" for lv, c in zip(levels, counts)))
-        print(f"  rows at success (mask 0): {np.mean(masks == 0):.2%}; episodes that reach success: {reached}")
+        print(f"  rows at success (mask 0): {np.mean(masks == 0):.2%} ({int(np.sum(masks == 0))} rows); episodes that reach success: {reached}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""Which subtask fails: per-subtask success of a policy's episodes (at the start, ever, at the end).
+
+    python docs/scripts/subtask_stats.py docs/policies/puzzle-3x3-task4-10k.pt --episodes 20 --seed 1
+    python docs/scripts/subtask_stats.py /work/runs/RUN/checkpoints/ckpt_000010000.pt --action_execute 1
+
+A subtask is one entry of OGBench's own ``_compute_successes()`` (cube/scene/puzzle single-task
+envs): a cube at its target, a button in its target state, the drawer or the window in place. The
+episodes are ``mac eval``'s (same seeds, same acting loop: ``mac.evaluate.run_episode``); a wrapper
+only reads the subtask flags after every step. The numbers in docs/RESULTS.md ("which subtask
+fails") come from this script.
+"""
+import argparse
+
+import gymnasium
+import numpy as np
+
+from mac.evaluate import _episode_list, make_env, run_episode
+from mac.export import from_checkpoint, load_policy_file, with_acting
+
+
+# scene's _compute_successes() returns these groups, in this order (ogbench/manipspace/envs/scene_env.py)
+SCENE_GROUPS = ("cube", "button", "drawer", "window")
+
+
+def subtask_flags(successes) -> tuple[list[str], np.ndarray]:
+    """(names, flags (K,)) of ``_compute_successes()``: a flat list (cube, puzzle) or scene's groups."""
+    if isinstance(successes, tuple):
+        names, flags = [], []
+        for group, values in zip(SCENE_GROUPS, successes):
+            values = np.atleast_1d(values)
+            names += [group if len(values) == 1 else f"{group}{i}" for i in range(len(values))]
+            flags += list(values)
+        return names, np.asarray(flags, bool)
+    return [str(k) for k in range(len(successes))], np.asarray(successes, bool)
+
+
+class SubtaskRecorder(gymnasium.Wrapper):
+    """Keeps the subtask flags (K,) after reset and after every step of the current episode."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.flags: list[np.ndarray] = []
+
+    def _record(self):
+        self.flags.append(subtask_flags(self.env.unwrapped._compute_successes())[1])
+
+    def reset(self, **kwargs):
+        out = super().reset(**kwargs)
+        self.flags = []
+        self._record()
+        return out
+
+    def step(self, action):
+        out = super().step(action)
+        self._record()
+        return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("policy", help="policy file (mac export) or checkpoint / run directory")
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--action_execute", type=int, default=None)
+    args = parser.parse_args()
+    try:
+        source = load_policy_file(args.policy)
+    except ValueError:  # not a policy file: a checkpoint or a run directory
+        source = from_checkpoint(args.policy)
+    if source.spec.goal_conditioned:
+        parser.error("subtask flags are defined for single-task envs; this policy is goal-conditioned")
+    policy = with_acting(source.policy, args.action_execute, None)
+    env = SubtaskRecorder(make_env(source.spec))
+    start, ever, end, success = [], [], [], []
+    for task, seed in _episode_list(source.spec, args.episodes, args.seed):
+        result = run_episode(env, policy, task, seed)
+        flags = np.stack(env.flags)                              # (T + 1, K)
+        start.append(flags[0])
+        ever.append(flags.any(0))
+        end.append(flags[-1])
+        success.append(result["success"])
+    start, ever, end = (np.mean(x, 0) for x in (start, ever, end))
+    print(f"{source.spec.name}: {args.episodes} episodes, seed {args.seed}, "
+          f"action_execute {policy.action_execute}, success {np.mean(success):.0%}")
+    names, _ = subtask_flags(env.unwrapped._compute_successes())
+    print("  subtask:   " + " ".join(f"{k:>7s}" for k in names))
+    for label, values in (("at start", start), ("ever", ever), ("at end", end)):
+        print(f"  {label:9s}  " + " ".join(f"{v:7.0%}" for v in values))
+
+
+if __name__ == "__main__":
+    main()
