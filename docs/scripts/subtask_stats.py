@@ -3,9 +3,9 @@
     python docs/scripts/subtask_stats.py docs/policies/puzzle-3x3-task4-10k.pt --episodes 20 --seed 1
     python docs/scripts/subtask_stats.py /work/runs/RUN/checkpoints/ckpt_000010000.pt --action_execute 1
 
-A subtask is one entry of OGBench's own ``_compute_successes()`` (cube/scene/puzzle single-task
-envs): a cube at its target, a button in its target state, the drawer or the window in place. The
-episodes are ``mac eval``'s (same seeds, same acting loop: ``mac.evaluate.run_episode``); a wrapper
+A subtask is one entry of OGBench's own ``_compute_successes()`` (cube/scene/puzzle envs, single-task
+or goal-conditioned): a cube at its target, a button in its target state, the drawer or the window
+in place. Goal envs run ``--episodes`` per evaluation goal and print each goal's rows. The episodes are ``mac eval``'s (same seeds, same acting loop: ``mac.evaluate.run_episode``); a wrapper
 only reads the subtask flags after every step. The numbers in docs/RESULTS.md ("which subtask
 fails") come from this script.
 """
@@ -67,25 +67,22 @@ def main() -> None:
         source = load_policy_file(args.policy)
     except ValueError:  # not a policy file: a checkpoint or a run directory
         source = from_checkpoint(args.policy)
-    if source.spec.goal_conditioned:
-        parser.error("subtask flags are defined for single-task envs; this policy is goal-conditioned")
     policy = with_acting(source.policy, args.action_execute, None)
     env = SubtaskRecorder(make_env(source.spec))
-    start, ever, end, success = [], [], [], []
+    episodes = {}                                                # task -> [(flags (T + 1, K), success)]
     for task, seed in _episode_list(source.spec, args.episodes, args.seed):
         result = run_episode(env, policy, task, seed)
-        flags = np.stack(env.flags)                              # (T + 1, K)
-        start.append(flags[0])
-        ever.append(flags.any(0))
-        end.append(flags[-1])
-        success.append(result["success"])
-    start, ever, end = (np.mean(x, 0) for x in (start, ever, end))
-    print(f"{source.spec.name}: {args.episodes} episodes, seed {args.seed}, "
-          f"action_execute {policy.action_execute}, success {np.mean(success):.0%}")
+        episodes.setdefault(task, []).append((np.stack(env.flags), result["success"]))
     names, _ = subtask_flags(env.unwrapped._compute_successes())
-    print("  subtask:   " + " ".join(f"{k:>7s}" for k in names))
-    for label, values in (("at start", start), ("ever", ever), ("at end", end)):
-        print(f"  {label:9s}  " + " ".join(f"{v:7.0%}" for v in values))
+    print(f"{source.spec.name}: {args.episodes} episodes per task, seed {args.seed}, "
+          f"action_execute {policy.action_execute}")
+    for task, runs in episodes.items():
+        success = np.mean([ok for _, ok in runs])
+        print(("" if task is None else f"evaluation goal {task}: ") + f"success {success:.0%}")
+        print("  subtask:   " + " ".join(f"{k:>7s}" for k in names))
+        for label, pick in (("at start", lambda f: f[0]), ("ever", lambda f: f.any(0)), ("at end", lambda f: f[-1])):
+            values = np.mean([pick(flags) for flags, _ in runs], 0)
+            print(f"  {label:9s}  " + " ".join(f"{v:7.0%}" for v in values))
 
 
 if __name__ == "__main__":
