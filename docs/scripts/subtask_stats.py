@@ -1,18 +1,20 @@
 """Which subtask fails: per-subtask success of a policy's episodes (at the start, ever, at the end).
 
-    python docs/scripts/subtask_stats.py docs/policies/puzzle-3x3-task4-10k.pt --episodes 20 --seed 1
-    python docs/scripts/subtask_stats.py /work/runs/RUN/checkpoints/ckpt_000010000.pt --action_execute 1
+    python docs/scripts/subtask_stats.py --policy docs/policies/puzzle-3x3-task4-10k.pt --episodes 20 --seed 1
+    python docs/scripts/subtask_stats.py --restore_path /work/runs/RUN --action_execute 1
 
 A subtask is one entry of OGBench's own ``_compute_successes()`` (cube/scene/puzzle envs, single-task
 or goal-conditioned): a cube at its target, a button in its target state, the drawer or the window
-in place. Goal envs run ``--episodes`` per evaluation goal and print each goal's rows. The episodes are ``mac eval``'s (same seeds, same acting loop: ``mac.evaluate.run_episode``); a wrapper
-only reads the subtask flags after every step. The numbers in docs/RESULTS.md ("which subtask
+in place. Goal envs run ``--episodes`` per evaluation goal and print each goal's rows. The
+episodes are ``mac eval``'s (same seeds, same acting loop: ``mac.evaluate.run_episode``); a
+wrapper only reads the subtask flags after every step. The numbers in docs/RESULTS.md ("which subtask
 fails") come from this script.
 """
 import argparse
 
 import gymnasium
 import numpy as np
+import torch
 
 from mac.evaluate import _episode_list, make_env, run_episode
 from mac.export import from_checkpoint, load_policy_file, with_acting
@@ -58,17 +60,17 @@ class SubtaskRecorder(gymnasium.Wrapper):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("policy", help="policy file (mac export) or checkpoint / run directory")
+    source_arg = parser.add_mutually_exclusive_group(required=True)   # as in mac eval
+    source_arg.add_argument("--policy", help="policy file written by mac export")
+    source_arg.add_argument("--restore_path", help="run directory or checkpoint file")
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--action_execute", type=int, default=None)
     args = parser.parse_args()
-    try:
-        source = load_policy_file(args.policy)
-    except ValueError:  # not a policy file: a checkpoint or a run directory
-        source = from_checkpoint(args.policy)
+    source = load_policy_file(args.policy) if args.policy else from_checkpoint(args.restore_path)
     policy = with_acting(source.policy, args.action_execute, None)
     env = SubtaskRecorder(make_env(source.spec))
+    torch.manual_seed(args.seed)  # best-of-N draws its candidates from torch's RNG, seeded as mac eval does
     episodes = {}                                                # task -> [(flags (T + 1, K), success)]
     for task, seed in _episode_list(source.spec, args.episodes, args.seed):
         result = run_episode(env, policy, task, seed)
