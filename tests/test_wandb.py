@@ -69,6 +69,11 @@ def wandb_records(path):
 
 def offline_runs(run_dir):
     """[(run record, {step: {key: value}})] of each offline wandb run under ``run_dir``, oldest first."""
+    import wandb
+
+    # run.finish() returns before wandb's service has flushed the run file (CI once read a resumed
+    # run's file with no records yet); shutting the service down closes its files.
+    wandb.teardown()
     out = []
     for d in sorted((run_dir / "wandb").glob("offline-run-*")):
         files = list(d.glob("run-*.wandb"))
