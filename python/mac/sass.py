@@ -241,7 +241,7 @@ def require_cuobjdump() -> str:
     if tool is None:
         raise CuobjdumpMissing(
             "cuobjdump not found (not on PATH, in the CUDA toolkit or in site-packages); install it "
-            f"with `pip install {CUOBJDUMP_PIP_PACKAGE}` (0.3 MB) or put the CUDA toolkit's bin on PATH")
+            f"with `pip install {CUOBJDUMP_PIP_PACKAGE}` (0.6 MB) or put the CUDA toolkit's bin on PATH")
     return tool
 
 
