@@ -16,10 +16,13 @@ def _info(argv) -> int:
     p.add_argument("--check", action="store_true",
                    help="also run every usable native core against the PyTorch reference on small "
                         "shapes (float64 as the judge) and print what passed; exit 1 on a failure")
+    p.add_argument("--kernels", action="store_true",
+                   help="also disassemble the CUDA kernels (cuobjdump, a few seconds) and summarise their "
+                        "GEMM hot loops: tensor-core MMAs, ldmatrix, generic and local-memory loads")
     args = p.parse_args(argv)
     import mac
     from mac._native import format_info
-    d = mac.info()
+    d = mac.info(kernels=args.kernels)
     print(json.dumps(d, indent=2, default=str) if args.json else format_info(d))
     if not args.check:
         return 0
