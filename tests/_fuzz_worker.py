@@ -464,7 +464,37 @@ def _raises(spec, notes):
     raise_in("check")
 
 
-RUNNERS = {"_segfault": _segfault, "_hang": _hang, "_raises": _raises,
+def _planted_rejection(fn):
+    raise ValueError(f"planted rejection by {_name(fn)}")
+
+
+def _name(fn) -> str:
+    return f"{fn.__module__}.{fn.__name__}"
+
+
+def _sabotaged(spec, notes):
+    """Runs the real case ``spec["case"]`` with call_api sabotaged: "reject" makes the entry point
+    raise a clear ValueError naming it (so the answer names the entry point each runner calls
+    through call_api); "raise_after" makes the harness raise a ValueError as soon as the entry point
+    has returned (the answer must be a harness_error, never a rejection)."""
+    global call_api
+    real_call_api = call_api
+
+    def reject(fn, *args, **kwargs):
+        return real_call_api(_planted_rejection, fn)
+
+    def raise_after(fn, *args, **kwargs):
+        real_call_api(fn, *args, **kwargs)
+        raise ValueError(f"planted harness bug after {_name(fn)} returned")
+
+    call_api = {"reject": reject, "raise_after": raise_after}[spec["how"]]
+    try:
+        RUNNERS[spec["case"]["kind"]](spec["case"], notes)
+    finally:
+        call_api = real_call_api
+
+
+RUNNERS = {"_segfault": _segfault, "_hang": _hang, "_raises": _raises, "_sabotaged": _sabotaged,
            "best_of_n": run_best_of_n, "imagine": run_imagine, "cc_best_of_n": run_cc,
            "cc_imagine": run_cc, "mlp_forward": run_cc, "raw_best_of_n": run_raw_best_of_n,
            "philox_normal": run_philox_normal, "gelu": run_gelu}

@@ -357,3 +357,25 @@ def test_worker_takes_only_a_clear_error_of_the_entry_point_for_a_rejection(work
     else:
         with pytest.raises(AssertionError, match="unexpected"):
             check_answer(spec, res, valid=False)
+
+
+# The entry point each runner of the worker calls (the first one, for gelu).
+ENTRY_POINTS = {"best_of_n": "mac.rollout.best_of_n", "imagine": "mac.rollout.imagine",
+                "cc_best_of_n": "mac._cpu_core.best_of_n", "cc_imagine": "mac._cpu_core.imagine",
+                "mlp_forward": "mac._cpu_core.mlp_forward", "raw_best_of_n": "mac._C.best_of_n",
+                "philox_normal": "mac._C.philox_normal", "gelu": "mac._C.gelu"}
+
+
+@pytest.mark.parametrize("kind", sorted({kind for kind, _ in CASES}))
+def test_worker_runners_call_their_entry_point_through_call_api(worker, kind):
+    """Every runner calls its entry point through call_api, the one place where a rejection can come
+    from: a ValueError planted in the entry point is that rejection, one planted in the harness
+    right after the entry point returned is a harness_error."""
+    case = regression(kind, None, B=2, S=3, G=1, C=2, N=2, H=2, hidden=[4], n=5)
+    assert worker.call(case)["status"] == "ok"
+    rejected = worker.call({"kind": "_sabotaged", "how": "reject", "case": case})
+    assert (rejected["status"], rejected["message"]) == (
+        "error", f"planted rejection by {ENTRY_POINTS[kind]}"), rejected
+    broken = worker.call({"kind": "_sabotaged", "how": "raise_after", "case": case})
+    assert broken["status"] == "harness_error", broken
+    assert f"planted harness bug after {ENTRY_POINTS[kind]} returned" in broken["message"]
