@@ -455,7 +455,10 @@ def _hang(spec, notes):
 
 def _raises(spec, notes):
     """Raises ``spec["type"](spec["message"])`` in phase ``spec["phase"]`` of a case: while building
-    the inputs, inside the entry point ("api") or while checking the result."""
+    the inputs, inside the entry point ("api") or while checking the result; ``spec["notes"]`` are
+    the notes of the case."""
+    notes.update(spec.get("notes", {}))
+
     def raise_in(phase):
         if spec["phase"] == phase:
             raise getattr(builtins, spec["type"])(spec["message"])

@@ -347,9 +347,10 @@ def test_worker_never_takes_its_own_exception_for_a_rejection(worker, phase, exc
     ("RuntimeError", "internal error", "unexpected"), ("IndexError", "index 3", "unexpected")])
 def test_worker_takes_only_a_clear_error_of_the_entry_point_for_a_rejection(worker, exc_type, message,
                                                                            status):
-    spec = raising("api", exc_type, message)
+    spec = dict(raising("api", exc_type, message), notes={"noop": True})
     res = worker.call(spec)
     assert (res["status"], res["type"]) == (status, exc_type), res
+    assert res["noop"] is True  # whatever the outcome: a rejected noop mutation is a failure too
     if status == "error":
         check_answer(spec, res, valid=False)
         with pytest.raises(AssertionError, match="valid input rejected"):
