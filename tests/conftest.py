@@ -151,6 +151,16 @@ def _mesa_egl_with_llvm() -> bool:
     return any(glob.glob(f"{d}/libEGL_mesa.so*") for d in libs) and any(glob.glob(f"{d}/libLLVM*.so*") for d in libs)
 
 
+def _sass_tools_present() -> bool:
+    """The CUDA module, cuobjdump and nvcc are all here: tests/test_sass.py has what it needs."""
+    try:
+        from mac import sass
+    except ImportError:
+        return False
+    return (sass.cuda_module_path() is not None and sass.find_cuobjdump() is not None
+            and (os.environ.get("CUDACXX") or sass.find_cuda_tool("nvcc")) is not None)
+
+
 # group -> (does a skipped test belong to it (nodeid, reason, keywords), is it expected to run here)
 SKIP_GROUPS = {
     "gpu": (lambda nodeid, reason, kw: "gpu" in kw or "test_cuda.py" in nodeid,
@@ -160,6 +170,7 @@ SKIP_GROUPS = {
     "wandb": (lambda nodeid, reason, kw: "test_wandb.py" in nodeid, lambda: _importable("wandb")),
     "triton/EGL": (lambda nodeid, reason, kw: "test_gl_triton.py" in nodeid,
                    lambda: _importable("triton") and _mesa_egl_with_llvm()),
+    "sass": (lambda nodeid, reason, kw: "test_sass.py" in nodeid, lambda: _sass_tools_present()),
     "CPU ISA copies": (lambda nodeid, reason, kw: reason.startswith(("this CPU has no", "no AVX512-BF16")),
                        lambda: False),   # parametrised by what the CPU has (isa_params)
 }
