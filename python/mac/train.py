@@ -2,12 +2,14 @@
 
 Flag names follow the authors' command lines (``--env_name``, ``--offline_steps``,
 ``--agent.chunk_len=10`` ...). A run directory holds ``flags.json``, ``train.csv``, ``eval.csv``
-(append-only), ``checkpoints/ckpt_<step>.pt`` (atomic, last K kept) and optional TensorBoard and
+(appended to), ``checkpoints/ckpt_<step>.pt`` (atomic, last K kept) and optional TensorBoard and
 Weights & Biases (``--wandb``) files.
 
 Resume with ``mac train --restore_path RUN_DIR``: the agent settings come from the checkpoint, and
 every flag not given on the command line from the run's flags.json (its --offline_steps, intervals,
-seed, dataset ...); a flag given overrides, e.g. ``--offline_steps 20000`` to train further.
+seed, dataset ...); a flag given overrides, e.g. ``--offline_steps 20000`` to train further. The
+rows a crashed run logged after the checkpoint are dropped from train.csv and eval.csv (and hidden
+in TensorBoard): the resumed run logs those steps again, so every step appears once.
 
 Data-parallel: ``torchrun --nproc_per_node K -m mac train ...`` trains with K processes, each on its
 own batches of --agent.batch_size (effective batch K x batch_size, learning rate unchanged), gradients
@@ -41,7 +43,7 @@ from mac.data import ChunkSampler, DatasetError, load_offline_data, validate_env
 from mac.data.files import MAPPED_BUDGET_MB, find_dataset_files
 from mac.distributed import DEFAULT_TIMEOUT_S, DistContext, dataset_fingerprint, rank_label, rank_seed
 from mac.evaluate import Policy, evaluate, make_env
-from mac.logging_utils import CsvLog, Loggers, TensorBoard, WandbLog
+from mac.logging_utils import CsvLog, Loggers, TensorBoard, WandbLog, truncate_after_step
 from mac.threads import ThreadTuner
 
 DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
@@ -339,6 +341,19 @@ def _wandb_log(args, run_dir: Path) -> WandbLog:
                     name=args.wandb_name, mode=args.wandb_mode, config=config)
 
 
+def _drop_rows_past(run_dir: Path, step: int, say) -> None:
+    """On resume from the checkpoint of ``step``: the run that stopped may have logged steps after it;
+    the resumed run logs them again, so they go (one line says what went)."""
+    dropped = []
+    for name in ("train.csv", "eval.csv"):
+        rows, torn = truncate_after_step(run_dir / name, step)
+        if rows:
+            dropped.append(f"{rows} from {name}" + (" (the last one torn by the kill)" if torn else ""))
+    if dropped:
+        say(f"[mac] dropped the log rows past step {step}, written after that checkpoint by the run "
+            f"that stopped: {', '.join(dropped)}", flush=True)
+
+
 def _check_world_size(resume: dict, ctx: DistContext) -> None:
     """Each process resumes its own sampler and random streams: only the same process count
     continues the run's curve."""
@@ -439,9 +454,12 @@ def _train(args, cfg, spec, resume, argv, device, ctx: DistContext, say) -> Path
     ctx.broadcast_tensors(agent.state_dict().values())   # the same start everywhere, whatever happened
 
     if ctx.is_main:
+        if resume is not None:
+            _drop_rows_past(run_dir, start_step, say)   # before any row of the resumed run is written
         train_log, eval_log = CsvLog(run_dir / "train.csv"), CsvLog(run_dir / "eval.csv")
-        loggers = Loggers(TensorBoard(run_dir / "tb" if args.tensorboard else None),
-                          _wandb_log(args, run_dir) if args.wandb else None)
+        tensorboard = TensorBoard(run_dir / "tb" if args.tensorboard else None,
+                                  purge_step=start_step + 1 if resume is not None else None)
+        loggers = Loggers(tensorboard, _wandb_log(args, run_dir) if args.wandb else None)
     else:
         loggers = Loggers()
 
