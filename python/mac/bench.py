@@ -174,12 +174,12 @@ def _runner(backend, kind, nets, states, noise, H, N, seed, compile_mode):
 
 
 def _reference_step(s, goals, actor, critic, dynamics, reward, success, noise_k):
-    """One step of mac.rollout.imagine_reference."""
-    from mac import rollout as R
+    """One step of mac.reference.imagine_reference."""
+    from mac import reference as R
 
     choice = R.best_of_n_reference(s, goals, actor, critic, noise_k)
     r, m = R.reward_and_mask(s, goals, choice.chunks, reward, success)
-    s_next = s + dynamics(R._concat(s, choice.chunks))
+    s_next = s + dynamics(R.concat_inputs(s, choice.chunks))
     return s_next, choice.chunks, r, m, choice.scores
 
 
@@ -231,7 +231,7 @@ def _decided(q64, *others):
 
 
 def _all_q(states, actor, critic, noise):
-    from mac.rollout import candidate_scores
+    from mac.reference import candidate_scores
     return candidate_scores(states, None, actor, critic, noise)[1]
 
 
@@ -281,7 +281,7 @@ def compare_with_reference(case, kind, result, nets, states, noise, H, N, rows=A
     margin is within 16x that error, and a rollout row is compared only up to such a near-tie
     (after it, trajectories legitimately part). Raises :class:`Disagreement`."""
     import copy
-    from mac import rollout as R
+    from mac import reference as R
 
     b = min(rows, states.shape[0])
     s = states[:b]
@@ -318,7 +318,7 @@ def compare_with_reference(case, kind, result, nets, states, noise, H, N, rows=A
         ok = _decided(_all_q(sk, n64["actor"], n64["critic"], z64[k]),
                       _all_q(sk.float(), nets["actor"], nets["critic"], z[k]),
                       _all_q(sk, npt["actor"], npt["critic"], z64[k]))
-        x = R._concat(sk, ref64.chunks[k])
+        x = R.concat_inputs(sk, ref64.chunks[k])
         l64 = n64["success"](x).squeeze(-1)
         err = torch.maximum((nets["success"](x.float()).squeeze(-1).double() - l64).abs(),
                             (npt["success"](x).squeeze(-1) - l64).abs())

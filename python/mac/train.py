@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mac.agent import MACAgent
+from mac.agent import MACAgent, fetch_floats
+from mac.batches import to_device
 from mac.checkpoint import (atomic_write_text, forked_rng, load_checkpoint, rng_state,
                             save_checkpoint, set_rng_state)
 from mac.config import (AgentConfig, agent_help, apply_agent_flags, fit_normalizers, preset,
@@ -302,11 +303,6 @@ def ensure_dataset(args, spec) -> None:
                      workers=workers, seed=args.seed, progress=not args.no_progress)
 
 
-def _to_torch(batch: dict, device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v).to(device) for k, v in batch.items()
-            if v.dtype == np.float32}
-
-
 def _policy(agent, obs_norm, goal_norm) -> Policy:
     cfg = agent.config
     return Policy(agent, obs_norm, goal_norm, cfg.action_execute, cfg.num_samples_test)
@@ -492,17 +488,20 @@ def _train(args, cfg, spec, resume, argv, device, ctx: DistContext, say) -> Path
     t0 = last_line = time.perf_counter()
     with _DeferredInterrupt() as interrupt:
         for step in bar:
-            batch = _to_torch(sampler.sample(cfg.batch_size), device)
+            batch = to_device(sampler.sample(cfg.batch_size), device)
             threads = tuner.before_step() if tuner else args.threads
-            info = agent.update(batch)
+            info = agent.update(batch)              # 0-d tensors on the device, read at log steps only
             info["threads"] = threads
             if tuner and (probe := tuner.after_step(step)):
                 say(f"[mac] step {step}: {tuner.current} thread(s) from now on (median step time "
                     + ", ".join(f"{t * 1e3:.0f} ms with {n}" for n, t in probe.items()) + ")", flush=True)
+            log_step = step % args.log_interval == 0
+            if log_step:  # one transfer to the host; its wait for the queued GPU work is training time
+                info = fetch_floats(info)
             now = time.perf_counter()
             elapsed += now - t0
             t0 = now
-            if step % args.log_interval == 0:
+            if log_step:
                 info = ctx.mean_over_ranks(info)
                 if ctx.is_main:
                     info.update(diagnostics.compute(agent, batch, step))
