@@ -13,7 +13,7 @@ Backends (:data:`BACKENDS`), all given the same explicit noise tensor:
                   and its own CUDA graphs); compiling the paper shapes takes minutes, so
                   ``--compile-cases`` / ``--no-compile`` can leave cases out (said in the table)
 Precisions (``--cuda-precision``, default both): tf32 = native TF32 operands, torch with TF32
-matmuls allowed (``set_float32_matmul_precision("high")``); bf16 = native bf16 operands, torch under
+matmuls allowed (``mac.cuda_matmul``, as ``mac train``); bf16 = native bf16 operands, torch under
 bf16 autocast. Accumulation is float32 everywhere.
 
 Cases (:data:`CASES`): ``rollout-s28`` / ``rollout-s55``: imagined rollout B=1024, H=10, N=8, 4x1024
@@ -48,6 +48,7 @@ from typing import Callable, Mapping
 import torch
 
 from mac.bench_timing import Timing, hours_for_steps, require_repeats, time_calls
+from mac.cuda_matmul import DEFAULT_CUDA_MATMUL, cuda_matmul_mode
 
 CASES = ("rollout-s28", "rollout-s55", "eval-b1", "eval-b64")
 BACKENDS = ("native", "eager", "eager+graph", "max-autotune")
@@ -363,14 +364,9 @@ def torch_precision(precision: str, device_type: str):
     """The torch baselines' precision: TF32 matmuls allowed, and for bf16 also autocast to bf16.
     Autocast's weight-cast cache is off: a CUDA graph must not capture casts cached outside it (the
     torch docs), and eager then casts the weights every call, as a training step would."""
-    saved = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high")
-    try:
-        with (torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False) if precision == "bf16"
-              else contextlib.nullcontext()):
-            yield
-    finally:
-        torch.set_float32_matmul_precision(saved)
+    with cuda_matmul_mode("tf32"), (torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False)
+                                    if precision == "bf16" else contextlib.nullcontext()):
+        yield
 
 
 @contextlib.contextmanager
@@ -592,7 +588,8 @@ def train_step_section(opts: BenchOptions, device: torch.device, native_status: 
     native = "cuda" if device.type == "cuda" else "cpu"
     backends = ("torch", native) if native_status["usable"] else ("torch",)
     default = _resolve_backend("auto", torch.zeros(1, bench.TRAIN_OBS_DIM, device=device))  # what `mac train` runs
-    timings = bench.time_train_steps(cfg, backends, opts.train_repeats, opts.warmup, opts.seed, device)
+    with cuda_matmul_mode(DEFAULT_CUDA_MATMUL):    # as mac train sets it on a GPU
+        timings = bench.time_train_steps(cfg, backends, opts.train_repeats, opts.warmup, opts.seed, device)
     medians = {}
     for backend, t in timings.items():
         log(f"train step {backend}: {t.summary()} ms")
@@ -601,8 +598,8 @@ def train_step_section(opts: BenchOptions, device: torch.device, native_status: 
              if opts.train_step == "paper" else [])
     lines = [f"### One training step (`MACAgent.update`, {bench.train_step_shape(opts.train_step, cfg)})", "",
              f"Random batch, one agent per rollout backend, median [p10, p90] of {opts.train_repeats} steps after "
-             f"{opts.warmup} warm-up, interleaved; matmul precision as `mac train` leaves it "
-             f"(torch.get_float32_matmul_precision() = '{torch.get_float32_matmul_precision()}'). The update "
+             f"{opts.warmup} warm-up, interleaved; float32 matmuls as `mac train` runs them on a GPU "
+             f"(--cuda_matmul {DEFAULT_CUDA_MATMUL}). The update "
              "alone: `mac train` adds sampling and host-to-device copies (gpu_check.sh's train stage times "
              f"those too). Goal at the paper preset: ≤ {TRAIN_STEP_GOAL_MS:g} ms per step, 1M steps ≤ "
              f"{hours_for_steps(TRAIN_STEP_GOAL_MS):g} h.",

@@ -39,6 +39,7 @@ from mac.checkpoint import (atomic_write_text, forked_rng, load_checkpoint, rng_
 from mac.config import (AgentConfig, agent_help, apply_agent_flags, fit_normalizers, preset,
                         sampler_options)
 from mac.console import show_progress
+from mac.cuda_matmul import CUDA_MATMUL_MODES, DEFAULT_CUDA_MATMUL, set_cuda_matmul
 from mac.diagnostics import Diagnostics
 from mac.data import ChunkSampler, DatasetError, load_offline_data, validate_env_name
 from mac.data.files import MAPPED_BUDGET_MB, find_dataset_files
@@ -143,6 +144,10 @@ def add_arguments(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None
     p.add_argument("--wandb_mode", default=None, choices=["online", "offline", "disabled"],
                    help="default: wandb's own (WANDB_MODE, else online)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:k]")
+    p.add_argument("--cuda_matmul", default=DEFAULT_CUDA_MATMUL, choices=sorted(CUDA_MATMUL_MODES),
+                   help="float32 matmuls on a GPU: tf32 (tensor cores, float32 accumulation: what the "
+                        "authors' JAX code gets by default) or fp32 (full precision, ~8x slower); "
+                        "CPU matmuls are unaffected")
     p.add_argument("--threads", type=_threads_flag, default=0, metavar="auto|N",
                    help="torch/OpenMP threads per process. auto (or 0): up to torch's default (under "
                         "torchrun: the available cores / the processes on this node), the count chosen "
@@ -394,6 +399,8 @@ def train(argv: list[str]) -> Path:
     max_threads = args.threads or ctx.default_threads() or torch.get_num_threads()
     torch.set_num_threads(max_threads)
     device = resolve_device(args.device, ctx)
+    if device.type == "cuda":
+        set_cuda_matmul(args.cuda_matmul)
     ctx.start(device, args.dist_timeout)
     try:
         return _train(args, cfg, spec, resume, argv, device, ctx, say)
