@@ -14,7 +14,7 @@ in TensorBoard): the resumed run logs those steps again, so every step appears o
 Data-parallel: ``torchrun --nproc_per_node K -m mac train ...`` trains with K processes, each on its
 own batches of --agent.batch_size (effective batch K x batch_size, learning rate unchanged), gradients
 averaged every step. Rank 0 alone writes the run directory and evaluates; train.csv holds the mean of
-the K processes' losses. Resume with the same K (README, "Data-parallel training").
+the K processes' losses. Resume with the same K (docs/DISTRIBUTED.md).
 """
 
 from __future__ import annotations
