@@ -673,47 +673,58 @@ def test_rollout_backend(monkeypatch):
 
 # ------------------------------------------------------------------------------------ the sampler
 
-def goal_batch(**settings):
+def goal_batch(size=400, **settings):
     """A batch of the training sampler (make_sampler, as mac train builds it) on goal_data (two
     episodes of 40 and 50 rows, goal_reps[:, 0] = row id), unnormalised so goals show their rows:
     (batch, t, episode end, value goal rows, actor goal rows)."""
     data = goal_data()
     cfg = tiny_config(normalize_obs=False, **settings)
-    b = make_sampler(cfg, data, data, True, seed=0)[0].sample(400)
+    b = make_sampler(cfg, data, data, True, seed=0)[0].sample(size)
     t = b["idxs"]
     end = data.episode_ends[np.searchsorted(data.episode_ends, t)]
     return b, t, end, b["value_goals"][:, 0].astype(np.int64), b["actor_goals"][:, 0].astype(np.int64)
 
 
-def check_goal_kinds(goals, t, end, kind):
-    """current: g = t; future: t < g <= episode end; random: any row, so mostly outside [t, end]
-    (~75% here)."""
-    outside = np.mean((goals < t) | (goals > end))
-    if kind == "current":
-        np.testing.assert_array_equal(goals, t)
-    elif kind == "future":
-        assert np.all((goals > t) & (goals <= end))
-    else:
-        assert outside > 0.5, outside
+def goal_shares(goals, t, end):
+    """Shares of the goals at t, in (t, end] (the rest of the episode) and outside [t, end]."""
+    return np.array([np.mean(goals == t), np.mean((goals > t) & (goals <= end)),
+                     np.mean((goals < t) | (goals > end))])
+
+
+def expected_goal_shares(probs, t, end, rows):
+    """The shares goal_shares should see for (current, future, random) probabilities: a random goal
+    is any of the ``rows`` rows, so it lands at t with probability 1 / rows and in (t, end] with
+    (end - t) / rows."""
+    current, future, random = probs
+    in_rest = (end - t) / rows
+    return np.array([current + random / rows, future + random * in_rest.mean(),
+                     random * (1 - 1 / rows - in_rest).mean()])
 
 
 @pytest.mark.parametrize("who", ["value", "actor"])
 def test_goal_mixture(who):
-    """value_goal_current/future/random and actor_goal_current/future/random: each kind alone gives
-    its goals (check_goal_kinds), a 50/50 mix of current and future gives g = t for ~half the rows;
-    value goals set the goal-task labels: success = g in [t, t+h), reward = success - 1, mask = 1 -
-    success."""
-    kinds = ("current", "future", "random")
+    """value_goal_current/future/random and actor_goal_current/future/random: a goal is the current
+    row t, a later row of the episode or any row with these probabilities (expected_goal_shares).
+    Each kind alone gives only its goals; a mix (0.1, 0.2, 0.7), away from every default, gives its
+    shares. Value goals set the goal-task labels: success = g in [t, t+h), reward = success - 1,
+    mask = 1 - success."""
+    kinds, rows = ("current", "future", "random"), len(goal_data().terminals)
     for kind in kinds:
         b, t, end, value_goals, actor_goals = goal_batch(**{f"{who}_goal_{k}": float(k == kind) for k in kinds})
-        check_goal_kinds(value_goals if who == "value" else actor_goals, t, end, kind)
+        goals = value_goals if who == "value" else actor_goals
+        shares = goal_shares(goals, t, end)
+        if kind == "random":        # ~75% of them lie outside [t, end] here
+            assert shares[2] > 0.5, shares
+        else:
+            assert shares[kinds.index(kind)] == 1.0, shares
         success = ((value_goals >= t) & (value_goals < t + 3)).astype(np.float64)
         np.testing.assert_array_equal(b["rewards"], success - 1)
         np.testing.assert_array_equal(b["masks"], 1 - success)
-    _, t, _, value_goals, actor_goals = goal_batch(**{f"{who}_goal_current": 0.5, f"{who}_goal_future": 0.5,
-                                                      f"{who}_goal_random": 0.0})
-    share = np.mean((value_goals if who == "value" else actor_goals) == t)
-    assert abs(share - 0.5) < 0.1, share           # binomial(400, 0.5): 4 standard deviations
+    probs = (0.1, 0.2, 0.7)
+    _, t, end, value_goals, actor_goals = goal_batch(2000, **{f"{who}_goal_{k}": p for k, p in zip(kinds, probs)})
+    shares = goal_shares(value_goals if who == "value" else actor_goals, t, end)
+    # binomial(2000, p <= 0.5): standard deviation <= 0.011; 0.05 is 4.5 of them
+    np.testing.assert_allclose(shares, expected_goal_shares(probs, t, end, rows), atol=0.05)
 
 
 @pytest.mark.parametrize("who", ["value", "actor"])
