@@ -35,9 +35,9 @@ from mac.noise import philox_normal
 from mac.rollout import draw_seed
 from mac.train import _policy, make_sampler, training_batch
 
-from test_ablations import batch as chunk_batch      # noqa: E402  (a batch for any chunk length)
-from test_agent import A, S, tiny_config             # noqa: E402  (one tiny agent for all agent tests)
-from test_fidelity import goal_data, reward_data     # noqa: E402  (the hand-made datasets)
+from test_ablations import batch as chunk_batch      # a batch for any chunk length
+from test_agent import A, S, tiny_config             # one tiny agent for all agent tests
+from test_fidelity import goal_data, reward_data     # the hand-made datasets
 
 # INIT_SEED 2: the tiny agents' success nets fire on some imagined states and not others (masks 0
 # and 1 at both rollout steps, reward and goal tasks), so the discount and the bootstrap reach every
@@ -45,7 +45,7 @@ from test_fidelity import goal_data, reward_data     # noqa: E402  (the hand-mad
 INIT_SEED, STEP_SEED, ACT_SEED = 2, 11, 5
 G = 3                                    # goal size of the goal-task agents (goal_data's goal_reps)
 # Both sides in float64: only the order of operations and torch's own GELU/LayerNorm kernels differ
-# (~1e-15 relative); 1e-9 leaves six orders of headroom, a formula change moves a loss by >1e-3.
+# (~1e-15 relative); 1e-9 leaves six orders of headroom below the effects checked (>1e-3).
 F64 = dict(rtol=1e-9, atol=1e-12)
 # A float32 agent (the native core and the evaluation Policy run float32) against the float64
 # formulas: float32 rounding (6e-8) through three layers of width <= 16, LayerNorm and two model
@@ -264,20 +264,21 @@ class Reference:
         return {k: float(v) for k, v in logs.items()}
 
 
-def draw_step_noise(cfg, batch_size, dtype=torch.float64):
-    """The random numbers of one training step, from torch's generator in the agent's order."""
+def draw_step_noise(cfg, batch_size):
+    """The random numbers of one training step of a float64 agent, from torch's generator in the
+    agent's order."""
     C, Br, H = cfg.chunk_len * A, cfg.rollout_batch, cfg.rollout_steps
     N = 1 if cfg.extraction == "q_gradient" else cfg.num_samples_train
-    noise = {}
+    f64, noise = torch.float64, {}
     if cfg.actor_type == "flow":
-        noise["flow_z"] = torch.randn(batch_size, C, dtype=dtype)
-        noise["flow_u"] = torch.rand(batch_size, 1, dtype=dtype)
+        noise["flow_z"] = torch.randn(batch_size, C, dtype=f64)
+        noise["flow_u"] = torch.rand(batch_size, 1, dtype=f64)
         if cfg.extraction == "rejection":
-            noise["distill_z"] = torch.randn(batch_size, C, dtype=dtype)
-    noise["rollout"] = torch.randn(H, N, Br, C, dtype=dtype)
+            noise["distill_z"] = torch.randn(batch_size, C, dtype=f64)
+    noise["rollout"] = torch.randn(H, N, Br, C, dtype=f64)
     if cfg.extraction == "q_gradient":
-        noise["actor_z"] = torch.randn(H, Br, C, dtype=dtype)
-    return {k: v.double() for k, v in noise.items()}
+        noise["actor_z"] = torch.randn(H, Br, C, dtype=f64)
+    return noise
 
 
 # ------------------------------------------------------------------------------------ the project
@@ -339,6 +340,14 @@ def check_step_follows(setting, values, changed, same=(), goal_dim=0, **fixed):
     return logs
 
 
+def chunk_reward_formula(data, t, h, gamma, mode="mean"):
+    """The authors' chunk reward (utils/datasets.py ACDataset): (1/h) sum_i<h gamma^i r_t+i, or the
+    sum without 1/h (chunk_reward=sum), in float64."""
+    window = np.stack([data.rewards[t + i] for i in range(h)], 1).astype(np.float64)
+    weighted = (window * gamma ** np.arange(h)).sum(1)
+    return weighted / h if mode == "mean" else weighted
+
+
 # ------------------------------------------------------------------------------------ the training step
 
 def test_chunk_len():
@@ -355,8 +364,7 @@ def test_chunk_len():
         want_actions = np.concatenate([np.clip(data.actions[t + i], -1 + 1e-5, 1 - 1e-5) for i in range(h)], -1)
         np.testing.assert_array_equal(b["actions"], want_actions)
         np.testing.assert_array_equal(b["next_observations"], data.observations[t + h])
-        window = np.stack([data.rewards[t + i] for i in range(h)], 1).astype(np.float64)
-        np.testing.assert_allclose(b["rewards"], (window * 0.9 ** np.arange(h)).mean(1), **LABELS)
+        np.testing.assert_allclose(b["rewards"], chunk_reward_formula(data, t, h, cfg.discount), **LABELS)
         chunks.append(b["actions"].shape[1])
     assert chunks == [2 * A, 3 * A]
 
@@ -399,8 +407,8 @@ def test_discount():
     for gamma in (0.9, 0.5):
         cfg = tiny_config(discount=gamma)
         b = make_sampler(cfg, data, data, False, seed=0)[0].sample(64)
-        window = np.stack([data.rewards[b["idxs"] + i] for i in range(cfg.chunk_len)], 1).astype(np.float64)
-        np.testing.assert_allclose(b["rewards"], (window * gamma ** np.arange(cfg.chunk_len)).mean(1), **LABELS)
+        np.testing.assert_allclose(b["rewards"], chunk_reward_formula(data, b["idxs"], cfg.chunk_len, gamma),
+                                   **LABELS)
         rewards.append(b["rewards"])
     assert not np.allclose(rewards[0], rewards[1])
 
@@ -636,8 +644,9 @@ def test_num_samples_test(source):
 @pytest.mark.skipif(not _native.cpu_backend_ready(torch.zeros(1)), reason="the native CPU core is not built")
 def test_rollout_backend(monkeypatch):
     """rollout_backend: an engine choice. torch runs the reference rollout, cpu the native core
-    (spied); both compute the formulas (Reference.value_logs) for the noise each draws: torch's
-    generator, or the Philox stream of a seed drawn from it (mac.noise)."""
+    (spied), auto the native core on CPU float32 tensors where it is built; each computes the
+    formulas (Reference.value_logs) for the noise it draws: torch's generator (reference), or the
+    Philox stream of a seed drawn from it (native, mac.noise). The CUDA core is not checked here."""
     import mac._cpu_core as cpu_core
     import mac.rollout as rollout_api
     calls = []
@@ -649,8 +658,10 @@ def test_rollout_backend(monkeypatch):
     spy(cpu_core, "imagine")
     spy(cpu_core, "mlp_forward")
     spy(rollout_api, "imagine_reference")
+    native = ["imagine", "mlp_forward"]          # the rollout and the V/V-bar targets
+    want_engines = {"torch": ["imagine_reference"], "cpu": native, "auto": native}
     engines = {}
-    for backend in ("torch", "cpu"):
+    for backend in want_engines:
         cfg = tiny_config(rollout_backend=backend)
         agent = tiny_agent(cfg, dtype=torch.float32)
         b = step_batch(cfg, dtype=torch.float32)
@@ -662,13 +673,13 @@ def test_rollout_backend(monkeypatch):
                **{f"rollout/{k}": float(v) for k, v in stats.items()}}
         shape = (cfg.rollout_steps, cfg.num_samples_train, cfg.rollout_batch, cfg.chunk_len * A)
         torch.manual_seed(STEP_SEED)
-        noise = torch.randn(shape) if backend == "torch" else philox_normal(draw_seed(), shape)
+        noise = torch.randn(shape) if engines[backend] != native else philox_normal(draw_seed(), shape)
         ref = Reference(agent, cfg)
         want, _, _ = ref.value_logs(b, noise.double())
         assert min(ref.margins) > MARGIN
         for k, v in want.items():
             assert got[k] == pytest.approx(float(v), rel=F32["rtol"], abs=F32["atol"]), f"{k} ({backend})"
-    assert engines == {"torch": ["imagine_reference"], "cpu": ["imagine", "mlp_forward"]}
+    assert engines == want_engines
 
 
 # ------------------------------------------------------------------------------------ the sampler
@@ -748,9 +759,8 @@ def test_chunk_reward():
     for mode in ("mean", "sum"):
         cfg = tiny_config(chunk_reward=mode)
         b = make_sampler(cfg, data, data, False, seed=0)[0].sample(64)
-        window = np.stack([data.rewards[b["idxs"] + i] for i in range(3)], 1).astype(np.float64)
-        weighted = (window * 0.9 ** np.arange(3)).sum(1)
-        np.testing.assert_allclose(b["rewards"], weighted / 3 if mode == "mean" else weighted, **LABELS)
+        want = chunk_reward_formula(data, b["idxs"], cfg.chunk_len, cfg.discount, mode)
+        np.testing.assert_allclose(b["rewards"], want, **LABELS)
         rewards[mode] = b["rewards"]
     assert not np.allclose(rewards["mean"], rewards["sum"])
 
@@ -760,8 +770,9 @@ def test_reward_task_termination():
     (true) or 1 for every chunk (false, the authors')."""
     data, masks = reward_data(), {}
     for flag in (True, False):
-        b = make_sampler(tiny_config(reward_task_termination=flag), data, data, False, seed=0)[0].sample(64)
-        window = np.stack([data.masks[b["idxs"] + i] for i in range(3)], 1)
+        cfg = tiny_config(reward_task_termination=flag)
+        b = make_sampler(cfg, data, data, False, seed=0)[0].sample(64)
+        window = np.stack([data.masks[b["idxs"] + i] for i in range(cfg.chunk_len)], 1)
         np.testing.assert_array_equal(b["masks"], window.min(1) if flag else np.ones(64))
         masks[flag] = b["masks"]
     assert not np.array_equal(masks[True], masks[False])
