@@ -4,12 +4,21 @@ Reads one JSON case per line on stdin, builds the (hostile) tensors it describes
 entry point and answers one JSON line on stdout:
 
 * ``{"status": "ok"}``: the call returned and its result is correct (see :func:`check_*`);
-* ``{"status": "error", "type", "message"}``: it raised a clear Python error (TypeError /
-  ValueError with a message);
-* ``{"status": "wrong" | "unexpected", ...}``: a wrong result, or another exception type.
+* ``{"status": "error", "type", "message"}``: the entry point itself raised a clear Python error
+  (TypeError / ValueError with a message);
+* ``{"status": "wrong" | "unexpected", ...}``: a wrong result, or the entry point raised another
+  exception (another type, or an empty message);
+* ``{"status": "harness_error", "type", "message"}``: this file's own code raised, while building
+  the inputs or checking the result (a bug of the harness, never a rejection).
+
+Only an exception raised inside :func:`call_api`, the one way runners call the entry point under
+test, can be a rejection; a ValueError from, say, a numpy shape mismatch in a checker or from the
+float64 reference is a ``harness_error``. Answers also carry the runner's ``notes`` about the case
+(e.g. ``noop``: a raw buffer "mutation" that changed nothing, so the case is valid input).
 
 A crash or a hang in native code kills or stalls only this process; the test reports it as a
-failure with the case that caused it. Not collected by pytest (no ``test_`` prefix).
+failure with the case that caused it. Not collected by pytest (no ``test_`` prefix). To replay a
+case, feed its JSON line to ``python tests/_fuzz_worker.py`` (with the tree's python/ on PYTHONPATH).
 
 "Correct" means as accurate as the PyTorch float32 reference, row by row (the rule of
 tests/test_native_cpu.py, made robust to ill-conditioned tiny networks): against a float64
@@ -25,6 +34,7 @@ not finite (NaN / inf inputs) must still satisfy the invariants: indices in [0, 
 
 from __future__ import annotations
 
+import builtins
 import copy
 import json
 import math
@@ -42,6 +52,7 @@ import mac.rollout as R  # noqa: E402
 from mac import _cpu_core as cc  # noqa: E402
 from mac.nets import MLP  # noqa: E402
 from mac.noise import philox_normal, philox_normal_numpy  # noqa: E402
+from mac.reference import concat_inputs  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16, "int64": torch.int64}
@@ -49,7 +60,25 @@ CLEAR_ERRORS = (TypeError, ValueError)
 
 
 class Wrong(AssertionError):
-    pass
+    """A checker found the entry point's result wrong."""
+
+
+class Rejected(Exception):
+    """The entry point under test raised ``exc`` (see :func:`call_api`)."""
+
+    def __init__(self, exc: Exception):
+        super().__init__(exc)
+        self.exc = exc
+
+
+def call_api(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, the call of the entry point under test. Its exceptions, and only
+    those, become :class:`Rejected`: the arguments are evaluated before it is entered, so an
+    exception in building them (or in checking the result) stays a harness error."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        raise Rejected(exc) from exc
 
 
 # ------------------------------------------------------------------------------------ building
@@ -258,7 +287,7 @@ def check_imagine(out, nets, s, g, z):
                      all_q(sk, g64, npt["actor"], npt["critic"], z64[k]))
         ok &= torch.isfinite(ref64.states[k + 1]).all(1)
         if nets["success"] is not None:
-            x64 = R._concat(sk, g64, ref64.chunks[k])
+            x64 = concat_inputs(sk, g64, ref64.chunks[k])
             l64 = n64["success"](x64).squeeze(-1)
             err = torch.maximum((nets["success"](x64.float()).squeeze(-1).double() - l64).abs(),
                                 (npt["success"](x64).squeeze(-1) - l64).abs()).nan_to_num(math.inf)
@@ -272,61 +301,98 @@ def check_imagine(out, nets, s, g, z):
 
 
 # ------------------------------------------------------------------------------------ entry points
+# A runner builds its case's inputs, calls the entry point under test through call_api and checks
+# the result (raising Wrong if it is wrong). ``notes`` takes what the test must know about the case
+# whatever the outcome; run() sends it with every answer.
 
-def run_best_of_n(spec):
+def noise_used(noise, seed, shape):
+    """The noise the entry point drew its samples from: the explicit tensor, else seed's stream."""
+    return noise if noise is not None else philox_normal(seed, shape)
+
+
+def run_best_of_n(spec, notes):
     nets, s, g = build(spec)
-    noise, seed = noise_args(spec, (spec["N"], spec["B"], spec["C"]))
-    out = R.best_of_n(s, g, actor=nets.get("actor"), critic=nets.get("critic"), num_samples=spec["N"],
-                      noise=noise, seed=seed, backend="cpu")
-    z = noise if noise is not None else philox_normal(seed, (spec["N"], spec["B"], spec["C"]))
-    check_best_of_n(out, nets, s, g, z)
+    shape = (spec["N"], spec["B"], spec["C"])
+    noise, seed = noise_args(spec, shape)
+    out = call_api(R.best_of_n, s, g, actor=nets.get("actor"), critic=nets.get("critic"),
+                   num_samples=spec["N"], noise=noise, seed=seed, backend="cpu")
+    check_best_of_n(out, nets, s, g, noise_used(noise, seed, shape))
 
 
-def run_imagine(spec):
+def run_imagine(spec, notes):
     nets, s, g = build(spec)
-    H = spec["H"]
-    noise, seed = noise_args(spec, (H, spec["N"], spec["B"], spec["C"]))
-    out = R.imagine(s, g, actor=nets.get("actor"), critic=nets.get("critic"),
-                    dynamics=nets.get("dynamics"), reward=nets.get("reward"),
-                    success=nets.get("success"), steps=H, num_samples=spec["N"], noise=noise,
-                    seed=seed, backend="cpu")
-    z = noise if noise is not None else philox_normal(seed, (H, spec["N"], spec["B"], spec["C"]))
-    check_imagine(out, nets, s, g, z)
+    shape = (spec["H"], spec["N"], spec["B"], spec["C"])
+    noise, seed = noise_args(spec, shape)
+    out = call_api(R.imagine, s, g, actor=nets.get("actor"), critic=nets.get("critic"),
+                   dynamics=nets.get("dynamics"), reward=nets.get("reward"),
+                   success=nets.get("success"), steps=spec["H"], num_samples=spec["N"], noise=noise,
+                   seed=seed, backend="cpu")
+    check_imagine(out, nets, s, g, noise_used(noise, seed, shape))
 
 
-def run_cc(spec):
+def run_cc(spec, notes):
     """mac._cpu_core's entry points directly, with its threading / ISA / parallel options."""
     nets, s, g = build(spec)
     kw = dict(num_threads=spec.get("threads", 1), isa=spec.get("isa") or None,
               parallel=spec.get("parallel", "auto"))
+    B, S, G, C, N, H = (spec[k] for k in "BSGCNH")
     if spec["kind"] == "mlp_forward":
-        x = hostile(torch.randn(spec["B"], spec["S"] + spec["G"] + spec["C"]), spec, "states")
-        y = cc.mlp_forward(nets.get("critic"), x, **kw)
-        with torch.no_grad():
-            r32 = nets["critic"](f32(x))
-            r64 = as64(nets["critic"])(f64(x))
-            rp = perturbed(as64(nets["critic"]), 3)(f64(x))
+        x = hostile(torch.randn(B, S + G + C), spec, "states")
+        y = call_api(cc.mlp_forward, nets.get("critic"), x, **kw)
+        critic64 = as64(nets["critic"])
+        r32, r64, rp = nets["critic"](f32(x)), critic64(f64(x)), perturbed(critic64, 3)(f64(x))
         if tuple(y.shape) != tuple(r64.shape):
             raise Wrong("bad output shape")
         close_rows("mlp", y, r64, torch.isfinite(r64).all(1), r32, rp)
-        return
-    N, H = spec["N"], spec["H"]
-    if spec["kind"] == "cc_best_of_n":
-        noise, seed = noise_args(spec, (N, spec["B"], spec["C"]))
-        out = cc.best_of_n(s, g, nets.get("actor"), nets.get("critic"), N, noise, seed, **kw)
-        with torch.no_grad():
-            check_best_of_n(out, nets, s, g, noise if noise is not None else
-                            philox_normal(seed, (N, spec["B"], spec["C"])))
+    elif spec["kind"] == "cc_best_of_n":
+        shape = (N, B, C)
+        noise, seed = noise_args(spec, shape)
+        out = call_api(cc.best_of_n, s, g, nets.get("actor"), nets.get("critic"), N, noise, seed, **kw)
+        check_best_of_n(out, nets, s, g, noise_used(noise, seed, shape))
     else:
-        noise, seed = noise_args(spec, (H, N, spec["B"], spec["C"]))
-        out = cc.imagine(s, g, nets.get("actor"), nets.get("critic"), nets.get("dynamics"),
-                         nets.get("reward"), nets.get("success"), H, N, noise, seed, **kw)
-        with torch.no_grad():
-            check_imagine(out, nets, s, g, noise if noise is not None else
-                          philox_normal(seed, (H, N, spec["B"], spec["C"])))
+        shape = (H, N, B, C)
+        noise, seed = noise_args(spec, shape)
+        out = call_api(cc.imagine, s, g, nets.get("actor"), nets.get("critic"), nets.get("dynamics"),
+                       nets.get("reward"), nets.get("success"), H, N, noise, seed, **kw)
+        check_imagine(out, nets, s, g, noise_used(noise, seed, shape))
 
 
-def run_raw_best_of_n(spec):
+def hostile_buffer(arrs: dict, key: str, how: str) -> np.ndarray | None:
+    """The numpy buffer ``arrs[key]`` made hostile in way ``how`` (itself where that does not apply)."""
+    a = arrs[key]
+    if a is None:
+        return a
+    if how == "strided":
+        return np.repeat(a, 2, axis=-1)[..., ::2]
+    if how == "fortran":
+        return np.asfortranarray(a)
+    if how in ("float64", "float16", "int32"):
+        return a.astype(how)
+    if how == "alias_states" and key.startswith("out_"):  # an output over an input
+        states = arrs["states"]
+        return states.reshape(-1)[:a.size].reshape(a.shape) if states.size >= a.size else a
+    if how == "alias_chunks" and key != "out_chunks":  # over another output / an input
+        flat = arrs["out_chunks"].reshape(-1)
+        return flat[:a.size] if a.dtype == np.float32 and flat.size >= a.size else a
+    if how == "readonly":
+        a = a.copy()
+        a.setflags(write=False)
+        return a
+    if how == "zero_dim":
+        return np.zeros((0,) + a.shape[1:], a.dtype)
+    return a
+
+
+def changes_nothing(key: str, old, new, how: str) -> bool:
+    """Whether buffer ``new`` in place of ``old`` is as valid for the binding as ``old`` (e.g. Fortran
+    order of a vector, a read-only input, the goals of a task without goals)."""
+    if new is old:
+        return True
+    return (new.dtype == old.dtype and new.shape == old.shape and new.flags.c_contiguous
+            and (new.flags.writeable or not key.startswith("out_")) and not how.startswith("alias"))
+
+
+def run_raw_best_of_n(spec, notes):
     """The pybind11 binding itself with numpy buffers: strided, aliased, wrong dtypes. Whatever it
     accepts must give bitwise the result of the same call through mac._cpu_core."""
     nets, s, g = build(dict(spec, layout={}, dtype={}, device={}, poison={}, weights=None))
@@ -335,69 +401,40 @@ def run_raw_best_of_n(spec):
     arrs = {"states": s.numpy(), "goals": None if g is None else g.numpy(),
             "out_chunks": np.zeros((B, C), np.float32), "out_scores": np.zeros(B, np.float32),
             "out_indices": np.zeros(B, np.int64)}
-    mut = spec.get("raw")
-    noop = False
-    if mut:
-        key, how = mut
-        a = arrs.get(key)
-        if a is not None:
-            if how == "strided":
-                arrs[key] = np.repeat(a, 2, axis=-1)[..., ::2]
-            elif how == "fortran":
-                arrs[key] = np.asfortranarray(a)
-            elif how in ("float64", "float16", "int32"):
-                arrs[key] = a.astype(how)
-            elif how == "alias_states" and key.startswith("out_"):  # an output over an input
-                arrs[key] = arrs["states"].reshape(-1)[:a.size].reshape(a.shape) \
-                    if arrs["states"].size >= a.size else a
-            elif how == "alias_chunks" and key != "out_chunks":  # over another output / an input
-                flat = arrs["out_chunks"].reshape(-1)
-                arrs[key] = flat[:a.size].view(a.dtype)[:a.size] if a.dtype == np.float32 \
-                    and flat.size >= a.size else a
-            elif how == "readonly":
-                a = a.copy()
-                a.setflags(write=False)
-                arrs[key] = a
-            elif how == "zero_dim":
-                arrs[key] = np.zeros((0,) + a.shape[1:], a.dtype)
-    if mut:
-        new, old = arrs.get(mut[0]), a
-        if new is old or (old is not None and new.dtype == old.dtype and new.shape == old.shape
-                          and new.flags.c_contiguous and new.flags.writeable
-                          and not mut[1].startswith("alias")):
-            noop = True  # e.g. Fortran order of a vector, goals of a task without goals
-    C_ext.best_of_n(arrs["states"], arrs["goals"],
-                    cc.net_arrays("actor", nets["actor"], S + G + C, C),
-                    cc.net_arrays("critic", nets["critic"], S + G + C, 1), N, None, spec["noise_seed"],
-                    arrs["out_chunks"], arrs["out_scores"], arrs["out_indices"],
-                    num_threads=spec.get("threads", 1))
+    if spec.get("raw"):
+        key, how = spec["raw"]
+        old, arrs[key] = arrs[key], hostile_buffer(arrs, key, how)
+        notes["noop"] = changes_nothing(key, old, arrs[key], how)
+    call_api(C_ext.best_of_n, arrs["states"], arrs["goals"],
+             cc.net_arrays("actor", nets["actor"], S + G + C, C),
+             cc.net_arrays("critic", nets["critic"], S + G + C, 1), N, None, spec["noise_seed"],
+             arrs["out_chunks"], arrs["out_scores"], arrs["out_indices"],
+             num_threads=spec.get("threads", 1))
     for a, b in ((arrs["out_chunks"], ref.chunks), (arrs["out_scores"], ref.scores),
                  (arrs["out_indices"], ref.indices)):
         if not np.array_equal(np.asarray(a, dtype=b.numpy().dtype), b.numpy(), equal_nan=True):
             raise Wrong("the binding accepted these buffers but wrote a different result")
-    return {"noop": True} if noop else None
 
 
-def run_philox_normal(spec):
+def run_philox_normal(spec, notes):
     seed, n, start = spec["noise_seed"], spec["n"], spec["start"]
-    got = C_ext.philox_normal(seed, n, start)
+    got = call_api(C_ext.philox_normal, seed, n, start)
     twin = philox_normal_numpy(seed, n, start)
     if got.shape != (n,) or not np.array_equal(got, twin):
         raise Wrong(f"philox_normal({seed}, {n}, {start}) differs from mac.noise's twin")
 
 
-def run_gelu(spec):
+def run_gelu(spec, notes):
     rng = np.random.default_rng(spec["seed"] % 2 ** 32)
     x = (rng.normal(size=spec["n"]) * 10).astype(np.float32)
     if spec.get("poison", {}).get("states") and x.size:
         x[0] = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}[spec["poison"]["states"]]
-    y = C_ext.gelu(x, spec.get("isa") or "")
-    y2 = C_ext.gelu_scalar(x)
+    outs = (call_api(C_ext.gelu, x, spec.get("isa") or ""), call_api(C_ext.gelu_scalar, x))
     x64 = x.astype(np.float64)
     with np.errstate(all="ignore"):
         exact = 0.5 * x64 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64 ** 3)))
     fin = np.isfinite(x)
-    for out in (y, y2):
+    for out in outs:
         bound = 1e-6 * np.maximum(1, np.abs(x[fin]))  # as tests/test_native_cpu.py's GELU test
         if out.shape != x.shape or not np.all(np.abs(out[fin] - exact[fin]) <= bound):
             raise Wrong("gelu inaccurate")
@@ -405,42 +442,103 @@ def run_gelu(spec):
             raise Wrong("gelu(NaN) is not NaN")
 
 
-def _segfault(spec):  # for the harness's own test
+# The harness's own tests (tests/test_native_fuzz.py::test_worker_*).
+
+def _segfault(spec, notes):
     import ctypes
     ctypes.string_at(0)
 
 
-def _hang(spec):
+def _hang(spec, notes):
     import time
     time.sleep(3600)
 
 
-RUNNERS = {"_segfault": _segfault, "_hang": _hang, "best_of_n": run_best_of_n, "imagine": run_imagine,
-           "cc_best_of_n": run_cc,
+def _raises(spec, notes):
+    """Raises ``spec["type"](spec["message"])`` in phase ``spec["phase"]`` of a case: while building
+    the inputs, inside the entry point ("api") or while checking the result; ``spec["notes"]`` are
+    the notes of the case."""
+    notes.update(spec.get("notes", {}))
+
+    def raise_in(phase):
+        if spec["phase"] == phase:
+            raise getattr(builtins, spec["type"])(spec["message"])
+    raise_in("build")
+    call_api(raise_in, "api")
+    raise_in("check")
+
+
+def _planted_rejection(fn):
+    raise ValueError(f"planted rejection by {_name(fn)}")
+
+
+def _name(fn) -> str:
+    return f"{fn.__module__}.{fn.__name__}"
+
+
+def _sabotaged(spec, notes):
+    """Runs the real case ``spec["case"]`` with call_api sabotaged: "reject" makes the entry point
+    raise a clear ValueError naming it (so the answer names the entry point each runner calls
+    through call_api); "raise_after" makes the harness raise a ValueError as soon as the entry point
+    has returned (the answer must be a harness_error, never a rejection)."""
+    global call_api
+    real_call_api = call_api
+
+    def reject(fn, *args, **kwargs):
+        return real_call_api(_planted_rejection, fn)
+
+    def raise_after(fn, *args, **kwargs):
+        real_call_api(fn, *args, **kwargs)
+        raise ValueError(f"planted harness bug after {_name(fn)} returned")
+
+    call_api = {"reject": reject, "raise_after": raise_after}[spec["how"]]
+    try:
+        RUNNERS[spec["case"]["kind"]](spec["case"], notes)
+    finally:
+        call_api = real_call_api
+
+
+RUNNERS = {"_segfault": _segfault, "_hang": _hang, "_raises": _raises, "_sabotaged": _sabotaged,
+           "best_of_n": run_best_of_n, "imagine": run_imagine, "cc_best_of_n": run_cc,
            "cc_imagine": run_cc, "mlp_forward": run_cc, "raw_best_of_n": run_raw_best_of_n,
            "philox_normal": run_philox_normal, "gelu": run_gelu}
 
 
-def run(spec) -> dict:
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))[-2000:]
+
+
+def outcome(spec: dict, notes: dict) -> dict:
+    """Runs the case: its status (see the module docstring), type and message."""
     try:
         with torch.no_grad():
-            extra = RUNNERS[spec["kind"]](spec)
-        return {"status": "ok", **(extra or {})}
+            RUNNERS[spec["kind"]](spec, notes)
+    except Rejected as rejected:
+        exc = rejected.exc
+        if isinstance(exc, CLEAR_ERRORS) and str(exc).strip():
+            return {"status": "error", "type": type(exc).__name__, "message": str(exc)[:300]}
+        return {"status": "unexpected", "type": type(exc).__name__,
+                "message": ("" if str(exc).strip() else "(empty message)\n") + _traceback(exc)}
     except Wrong as exc:
         return {"status": "wrong", "message": str(exc)}
-    except CLEAR_ERRORS as exc:
-        if not str(exc).strip():
-            return {"status": "unexpected", "type": type(exc).__name__, "message": "(empty message)"}
-        return {"status": "error", "type": type(exc).__name__, "message": str(exc)[:300]}
-    except BaseException as exc:  # noqa: BLE001 (anything else is reported as a failure)
-        return {"status": "unexpected", "type": type(exc).__name__,
-                "message": "".join(traceback.format_exception(exc))[-2000:]}
+    except BaseException as exc:  # noqa: BLE001 (the harness's own code raised: never a rejection)
+        return {"status": "harness_error", "type": type(exc).__name__,
+                "message": "the fuzz harness itself raised (building the inputs or checking the "
+                           "result):\n" + _traceback(exc)}
+    return {"status": "ok"}
+
+
+def run(spec) -> dict:
+    notes = {}
+    answer = outcome(spec, notes)
+    return {**notes, **answer}
 
 
 def main():
     channel = sys.stdout
     sys.stdout = sys.stderr  # stray prints must not corrupt the protocol
-    channel.write(json.dumps({"status": "ready", "pid": os.getpid()}) + "\n")
+    mac_root = os.path.dirname(os.path.dirname(os.path.abspath(C_ext.__file__)))
+    channel.write(json.dumps({"status": "ready", "pid": os.getpid(), "mac_root": mac_root}) + "\n")
     channel.flush()
     for line in sys.stdin:
         if not line.strip():

@@ -109,6 +109,7 @@ def pytest_sessionstart(session):
 
 
 def pytest_terminal_summary(terminalreporter):
+    _skip_summary(terminalreporter)
     ext = _cpu_ext()
     if ext is None:
         terminalreporter.write_line("native CPU core: not built (mac._C missing): no ISA copy tested")
@@ -128,3 +129,99 @@ def pytest_terminal_summary(terminalreporter):
                else "the CPU")
         terminalreporter.write_line(f"NOT TESTED here ({why} rules them out; their tests were "
                                     "skipped): " + ", ".join(missing))
+
+
+# ------------------------------------------------------------------------------------ skips
+# A skipped test is coverage this run did not get. Every skip is counted by group in the summary,
+# and a group whose prerequisites are present here, or that the run requires
+# (MAC_REQUIRE_TESTS=wandb,..., as CI does), fails the run when its tests skipped anyway.
+
+def _importable(name: str) -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _mesa_egl_with_llvm() -> bool:
+    """Mesa's EGL and a system libLLVM are installed: the setting test_gl_triton.py's clash needs."""
+    import glob
+    libs = [d for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib") if os.path.isdir(d)]
+    return any(glob.glob(f"{d}/libEGL_mesa.so*") for d in libs) and any(glob.glob(f"{d}/libLLVM*.so*") for d in libs)
+
+
+def _sass_tools_present() -> bool:
+    """The CUDA module, cuobjdump and nvcc are all here: tests/test_sass.py has what it needs."""
+    try:
+        from mac import sass
+    except ImportError:
+        return False
+    return (sass.cuda_module_path() is not None and sass.find_cuobjdump() is not None
+            and (os.environ.get("CUDACXX") or sass.find_cuda_tool("nvcc")) is not None)
+
+
+# group -> (does a skipped test belong to it (nodeid, reason, keywords), is it expected to run here)
+SKIP_GROUPS = {
+    "gpu": (lambda nodeid, reason, kw: "gpu" in kw or "test_cuda.py" in nodeid,
+            lambda: torch.cuda.is_available()),
+    "native CPU core": (lambda nodeid, reason, kw: "mac._C" in reason and "cuda" not in reason.lower(),
+                        lambda: True),   # the package always builds it: a skip means a broken build
+    "wandb": (lambda nodeid, reason, kw: "test_wandb.py" in nodeid, lambda: _importable("wandb")),
+    "triton/EGL": (lambda nodeid, reason, kw: "test_gl_triton.py" in nodeid,
+                   lambda: _importable("triton") and _mesa_egl_with_llvm()),
+    "sass": (lambda nodeid, reason, kw: "test_sass.py" in nodeid, lambda: _sass_tools_present()),
+    "CPU ISA copies": (lambda nodeid, reason, kw: reason.startswith(("this CPU has no", "no AVX512-BF16")),
+                       lambda: False),   # parametrised by what the CPU has (isa_params)
+}
+_skips: dict[str, list[tuple[str, str]]] = {}
+
+
+def required_groups() -> set[str]:
+    required = {g.strip() for g in os.environ.get("MAC_REQUIRE_TESTS", "").split(",") if g.strip()}
+    unknown = required - set(SKIP_GROUPS)
+    if unknown:
+        raise pytest.UsageError(f"MAC_REQUIRE_TESTS names unknown group(s) {sorted(unknown)}; "
+                                f"groups: {', '.join(SKIP_GROUPS)}")
+    return required
+
+
+def skip_group(nodeid: str, reason: str, keywords) -> str:
+    return next((g for g, (member, _) in SKIP_GROUPS.items() if member(nodeid, reason, keywords)), "other")
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        _skips.setdefault(skip_group(report.nodeid, reason, report.keywords), []).append((report.nodeid, reason))
+
+
+def unexpected_skips() -> dict[str, list[tuple[str, str]]]:
+    """The skipped tests of groups that had to run here: {group: [(nodeid, reason)]}."""
+    required = required_groups()
+    return {g: s for g, s in _skips.items()
+            if g != "other" and (g in required or SKIP_GROUPS[g][1]())}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if unexpected_skips() and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def _skip_summary(terminalreporter):
+    if not _skips:
+        return
+    terminalreporter.section("skipped tests by group")
+    for group, items in sorted(_skips.items()):
+        counts: dict[str, int] = {}
+        for _, reason in items:
+            counts[reason] = counts.get(reason, 0) + 1
+        common = sorted(counts, key=counts.get, reverse=True)
+        shown = "; ".join(r[:150] + (f" ({counts[r]})" if len(counts) > 1 else "") for r in common[:3])
+        more = f" (+{len(common) - 3} other reasons)" if len(common) > 3 else ""
+        terminalreporter.write_line(f"{group}: {len(items)} skipped: {shown}{more}")
+    for group, items in unexpected_skips().items():
+        why = "required by MAC_REQUIRE_TESTS" if group in required_groups() else "its prerequisites are present here"
+        terminalreporter.write_line(f"FAILED: {len(items)} {group} test(s) skipped but {why}: "
+                                    + "; ".join(f"{n} ({r[:100]})" for n, r in items[:3]), red=True)

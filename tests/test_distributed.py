@@ -149,6 +149,17 @@ def two_process_run(tiny_cube_dir, tmp_path_factory):
     return save_dir / "ddp"
 
 
+@pytest.fixture(scope="module")
+def resumed_two_process_run(two_process_run):
+    """``two_process_run`` resumed by 2 processes to step 5: (run dir, the resume's process, the
+    step-3 checkpoint as it was before the resume). A fixture, so that every test that needs the
+    resumed run gets it whatever order the tests run in."""
+    before = load_checkpoint(two_process_run)
+    proc = _torchrun("train", "--restore_path", str(two_process_run), "--offline_steps", "5", "--no_progress")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return two_process_run, proc, before
+
+
 def test_world_size_1_cannot_resume_a_2_process_run(two_process_run, capsys):
     from mac.cli import main
     before = _tree(two_process_run)
@@ -160,18 +171,16 @@ def test_world_size_1_cannot_resume_a_2_process_run(two_process_run, capsys):
     assert _tree(two_process_run) == before                      # nothing written
 
 
-def test_two_processes_train_and_resume_one_run(two_process_run):
+def test_two_processes_train_and_resume_one_run(resumed_two_process_run):
+    two_process_run, proc, ck = resumed_two_process_run
     save_dir = two_process_run.parent
     flags = json.loads((two_process_run / "flags.json").read_text())
     assert flags["world_size"] == 2
-    ck = load_checkpoint(two_process_run)
     assert ck["step"] == 3 and ck["world_size"] == 2 and len(ck["rank_states"]) == 2
     samplers = [s["sampler"]["bit_generator"]["state"] for s in ck["rank_states"]]
     assert samplers[0] != samplers[1]                            # each rank its own batches
     assert ck["sampler"] == ck["rank_states"][0]["sampler"]
 
-    proc = _torchrun("train", "--restore_path", str(two_process_run), "--offline_steps", "5", "--no_progress")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("resumed") == 1                     # rank 0 alone prints
     assert [p.name for p in save_dir.iterdir()] == ["ddp"]       # one run directory
     assert [p.name for p in save_dir.rglob("flags.json")] == ["flags.json"]
@@ -184,11 +193,11 @@ def test_two_processes_train_and_resume_one_run(two_process_run):
 
 
 @pytest.mark.slow
-def test_a_resumed_2_process_run_continues_the_same_curve(two_process_run, tiny_cube_dir, tmp_path):
-    """3 steps + resume to 5 (test above) == 5 straight steps, bit for bit: each rank restores its own
-    sampler and random streams."""
-    if load_checkpoint(two_process_run)["step"] != 5:
-        pytest.skip("needs test_two_processes_train_and_resume_one_run first")
+def test_a_resumed_2_process_run_continues_the_same_curve(resumed_two_process_run, tiny_cube_dir, tmp_path):
+    """3 steps + resume to 5 == 5 straight steps, bit for bit: each rank restores its own sampler and
+    random streams."""
+    two_process_run = resumed_two_process_run[0]
+    assert load_checkpoint(two_process_run)["step"] == 5
     proc = _torchrun(*_train_args(tiny_cube_dir, tmp_path, "straight", 5))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(two_process_run)

@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from conftest import make_episodes
-from mac.agent import MACAgent, discounted_returns
+from mac.agent import MACAgent, discounted_returns, fetch_floats
 from mac.config import (AgentConfig, apply_agent_flags, fit_normalizers, native_rollout_supported,
                         preset, sampler_options)
 from mac.data import ChunkSampler, GoalMixture, Normalizer, OfflineData
@@ -253,7 +253,7 @@ def test_agent_layer_norm_switch_and_rollout_fallback():
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in agent.modules())
     assert sum(isinstance(m, torch.nn.LayerNorm) for m in MACAgent(S, A, 0, tiny_config()).modules()) == 8 * 2
     info = agent.update(batch())                       # auto -> the torch reference, no error
-    assert np.isfinite(info["loss/total"])
+    assert np.isfinite(fetch_floats(info)["loss/total"])
     nets = dict(actor=agent.actor, critic=agent.critic, dynamics=agent.dynamics, reward=agent.reward,
                 success=agent.success)
     states = torch.randn(5, S)
@@ -285,7 +285,7 @@ def test_separate_hidden_sizes_follow_the_authors_grouping():
             assert net is None or net.hidden_dims == (9,)
     agent = MACAgent(S, A, 0, tiny_config(value_hidden_dims=(6,)))
     assert agent.value.hidden_dims == (6,) and agent.actor.hidden_dims == agent.critic.hidden_dims == (16, 16)
-    assert np.isfinite(MACAgent(S, A, 3, cfg).update(batch(goal_dim=3))["loss/total"])
+    assert np.isfinite(fetch_floats(MACAgent(S, A, 3, cfg).update(batch(goal_dim=3)))["loss/total"])
 
 
 # ------------------------------------------------------------------------------------ returns

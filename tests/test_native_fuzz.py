@@ -7,11 +7,18 @@ PyTorch reference, see tests/_fuzz_worker.py); a case that is valid input (float
 positive sizes, whatever their layout and values) must give a result.
 
 Every case runs in a worker subprocess, so a crash (segfault, abort) or a hang in native code is
-reported as a failure of this test, with the case, instead of killing pytest.
+reported as a failure of this test, with the case, instead of killing pytest. Only an exception of
+the entry point itself counts as a rejection: one raised by the harness's own code (building the
+inputs, checking the result) fails the case (see tests/_fuzz_worker.py).
+
+The cases are fresh in every run, drawn from a seed that is printed at the start and in every
+failure message: ``MAC_FUZZ_SEED=<seed> pytest tests/test_native_fuzz.py`` draws the same ones
+again. A few regression cases (REGRESSIONS) run in every run besides.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
@@ -21,12 +28,15 @@ import tempfile
 
 import pytest
 
-pytest.importorskip("mac._C")
+_C = pytest.importorskip("mac._C")
 pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_fuzz_worker.py")
+# The directory holding the mac package this process imported: the worker must test that one, not
+# another copy (an installed one, say) that its own sys.path would find first.
+MAC_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(_C.__file__)))
 CASE_TIMEOUT_S = 20.0    # a tiny case takes milliseconds; this is "hung", even on a loaded CI runner
 START_TIMEOUT_S = 180.0  # python + torch + mac import
 
@@ -40,12 +50,17 @@ class Worker:
         self.crashes = 0
 
     def _start(self):
-        env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONFAULTHANDLER="1")
+        path = [MAC_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONFAULTHANDLER="1",
+                   PYTHONPATH=os.pathsep.join(path))
         self.proc = subprocess.Popen([sys.executable, WORKER], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         ready = self._read(START_TIMEOUT_S)
         if not ready or json.loads(ready).get("status") != "ready":
             raise RuntimeError(f"the fuzz worker did not start: {self._stderr_tail()}")
+        if json.loads(ready).get("mac_root") != MAC_ROOT:
+            raise RuntimeError(f"the fuzz worker imported mac from {json.loads(ready).get('mac_root')}, "
+                               f"not {MAC_ROOT}")
 
     def _read(self, timeout):
         r, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -87,6 +102,34 @@ def worker():
     w = Worker()
     yield w
     w.close()
+
+
+def _run_seed() -> int:
+    """This run's fuzz seed: MAC_FUZZ_SEED if set (to draw a past run's cases again), else fresh."""
+    given_seed = os.environ.get("MAC_FUZZ_SEED", "").strip()
+    return int(given_seed) if given_seed else int.from_bytes(os.urandom(4), "little")
+
+
+RUN_SEED = _run_seed()
+REPRODUCE = f"MAC_FUZZ_SEED={RUN_SEED} pytest tests/test_native_fuzz.py"
+
+
+def case_seed(kind: str, bad: str | None, run_seed: int = RUN_SEED) -> int:
+    """Hypothesis's seed for the cases of (kind, bad): its own stream, so that rerunning one test
+    (``-k``) with the run's seed draws the cases it drew in the whole run."""
+    digest = hashlib.sha256(f"{run_seed}/{kind}/{bad}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def announce_seed(request):
+    """Prints the seed on the terminal, past pytest's output capture, before the first case."""
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.ensure_newline()
+            reporter.write_line(f"fuzz cases drawn from seed {RUN_SEED}; to draw them again: {REPRODUCE}")
 
 
 FLOAT_INPUTS = ["states", "goals", "noise", "weight"]
@@ -192,21 +235,78 @@ def cases(draw, kind, bad):
     return spec
 
 
-@pytest.mark.parametrize("kind,bad", CASES, ids=[f"{k}-{b or 'valid'}" for k, b in CASES])
-def test_hostile_input_gives_a_clear_error_or_a_correct_result(worker, kind, bad):
-    @settings(max_examples=10 if bad is None else 4, deadline=None, derandomize=True, database=None,
+def regression(kind: str, bad: str | None, **fields) -> dict:
+    """A fixed case of (kind, bad): small defaults, overridden by ``fields``."""
+    spec = dict(kind=kind, bad=bad, B=1, N=1, S=1, G=0, C=1, H=1, hidden=[], layout={}, poison={},
+                where=0.3, weights=None, reward=True, success=True, noise="seed", noise_seed=0, seed=0,
+                threads=1, parallel="auto", isa="", dtype={}, device={}, huge=False, raw=None, n=0,
+                start=0)
+    return {**spec, **fields}
+
+
+# Cases that once failed (or pin a decision of the harness); they run in every run besides the
+# fresh ones.
+REGRESSIONS = [
+    # The last block of a Philox stream: its end overflowed to 0, and the fill loop never ended.
+    regression("philox_normal", None, n=3, start=2 ** 64 - 3),
+    regression("philox_normal", None, n=40, start=2 ** 64 - 40),
+    regression("philox_normal", None, n=2, start=2 ** 64 - 1),  # past the end: a clear error
+    # A read-only input is valid (the binding only reads it); a read-only output is not.
+    regression("raw_best_of_n", "buffers", B=2, S=3, N=2, raw=["states", "readonly"]),
+    regression("raw_best_of_n", "buffers", B=2, S=3, N=2, raw=["out_scores", "readonly"]),
+]
+
+
+def check_answer(spec: dict, res: dict, valid: bool) -> None:
+    """Fails unless the worker's answer ``res`` to ``spec`` is a correct result, or (when the case
+    is not ``valid`` input) a clear error raised by the entry point itself."""
+    where = (f"\ncase {json.dumps(spec)}\nthis run's cases again: {REPRODUCE}; this case alone: "
+             f"feed its JSON line to tests/_fuzz_worker.py")
+    assert res["status"] in ("ok", "error"), (
+        f"{res['status']}: {res.get('type', '')} {res.get('message', '')}{where}")
+    if valid:
+        assert res["status"] == "ok", f"valid input rejected: {res['type']}: {res['message']}{where}"
+    else:
+        assert res["status"] == "error", f"invalid input accepted{where}"
+
+
+def fuzz(kind: str, bad: str | None, body, max_examples: int, run_seed: int = RUN_SEED) -> None:
+    """``body(spec)`` on this (kind, bad)'s regression cases and ``max_examples`` fresh cases drawn
+    from ``run_seed``."""
+    @seed(case_seed(kind, bad, run_seed))
+    @settings(max_examples=max_examples, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(spec=cases(kind, bad))
-    def run(spec):
+    def each(spec):
+        body(spec)
+
+    for spec in REGRESSIONS:
+        if (spec["kind"], spec["bad"]) == (kind, bad):
+            each = example(spec=spec)(each)
+    each()
+
+
+@pytest.mark.parametrize("kind,bad", CASES, ids=[f"{k}-{b or 'valid'}" for k, b in CASES])
+def test_hostile_input_gives_a_clear_error_or_a_correct_result(worker, kind, bad):
+    def body(spec):
         res = worker.call(spec)
-        assert res["status"] in ("ok", "error"), (
-            f"{res['status']} for case {json.dumps(spec)}:\n{res.get('type', '')} {res.get('message', '')}")
-        if valid_input(spec) or res.get("noop"):
-            assert res["status"] == "ok", (
-                f"valid input rejected: {res.get('type')}: {res.get('message')}\ncase {json.dumps(spec)}")
-        else:
-            assert res["status"] == "error", f"invalid input accepted: {json.dumps(spec)}"
-    run()
+        check_answer(spec, res, valid_input(spec) or res.get("noop", False))
+
+    fuzz(kind, bad, body, max_examples=10 if bad is None else 4)
+
+
+def test_cases_are_fresh_per_run_and_reproduced_by_the_seed(monkeypatch):
+    def drawn(run_seed):
+        specs = []
+        fuzz("imagine", None, lambda spec: specs.append(json.dumps(spec)), 5, run_seed)
+        return specs
+
+    assert drawn(12345) == drawn(12345)
+    assert drawn(12345) != drawn(54321)
+    monkeypatch.setenv("MAC_FUZZ_SEED", "12345")
+    assert _run_seed() == 12345
+    monkeypatch.delenv("MAC_FUZZ_SEED")
+    assert len({_run_seed() for _ in range(4)}) > 1
 
 
 def test_worker_reports_crashes_and_hangs():
@@ -221,3 +321,62 @@ def test_worker_reports_crashes_and_hangs():
         assert w.crashes == 1
     finally:
         w.close()
+
+
+def raising(phase: str, exc_type: str, message: str) -> dict:
+    """A case of the worker's test-only runner that raises ``exc_type(message)`` in ``phase``."""
+    return {"kind": "_raises", "phase": phase, "type": exc_type, "message": message}
+
+
+@pytest.mark.parametrize("phase", ["build", "check"])
+@pytest.mark.parametrize("exc_type", ["ValueError", "TypeError"])
+def test_worker_never_takes_its_own_exception_for_a_rejection(worker, phase, exc_type):
+    """A clear-looking error raised by the harness's own code (a checker's numpy shape mismatch, a
+    bug in building the hostile inputs) is a harness error that fails the case, even one where a
+    rejection was expected, not "the entry point rejected the input"."""
+    spec = raising(phase, exc_type, "operands could not be broadcast together")
+    res = worker.call(spec)
+    assert (res["status"], res["type"]) == ("harness_error", exc_type), res
+    with pytest.raises(AssertionError, match="harness_error"):
+        check_answer(spec, res, valid=False)
+
+
+@pytest.mark.parametrize("exc_type,message,status", [
+    ("ValueError", "n must be >= 0", "error"), ("TypeError", "states must be a tensor", "error"),
+    ("ValueError", "", "unexpected"), ("TypeError", " \n", "unexpected"),
+    ("RuntimeError", "internal error", "unexpected"), ("IndexError", "index 3", "unexpected")])
+def test_worker_takes_only_a_clear_error_of_the_entry_point_for_a_rejection(worker, exc_type, message,
+                                                                           status):
+    spec = dict(raising("api", exc_type, message), notes={"noop": True})
+    res = worker.call(spec)
+    assert (res["status"], res["type"]) == (status, exc_type), res
+    assert res["noop"] is True  # whatever the outcome: a rejected noop mutation is a failure too
+    if status == "error":
+        check_answer(spec, res, valid=False)
+        with pytest.raises(AssertionError, match="valid input rejected"):
+            check_answer(spec, res, valid=True)
+    else:
+        with pytest.raises(AssertionError, match="unexpected"):
+            check_answer(spec, res, valid=False)
+
+
+# The entry point each runner of the worker calls (the first one, for gelu).
+ENTRY_POINTS = {"best_of_n": "mac.rollout.best_of_n", "imagine": "mac.rollout.imagine",
+                "cc_best_of_n": "mac._cpu_core.best_of_n", "cc_imagine": "mac._cpu_core.imagine",
+                "mlp_forward": "mac._cpu_core.mlp_forward", "raw_best_of_n": "mac._C.best_of_n",
+                "philox_normal": "mac._C.philox_normal", "gelu": "mac._C.gelu"}
+
+
+@pytest.mark.parametrize("kind", sorted({kind for kind, _ in CASES}))
+def test_worker_runners_call_their_entry_point_through_call_api(worker, kind):
+    """Every runner calls its entry point through call_api, the one place where a rejection can come
+    from: a ValueError planted in the entry point is that rejection, one planted in the harness
+    right after the entry point returned is a harness_error."""
+    case = regression(kind, None, B=2, S=3, G=1, C=2, N=2, H=2, hidden=[4], n=5)
+    assert worker.call(case)["status"] == "ok"
+    rejected = worker.call({"kind": "_sabotaged", "how": "reject", "case": case})
+    assert (rejected["status"], rejected["message"]) == (
+        "error", f"planted rejection by {ENTRY_POINTS[kind]}"), rejected
+    broken = worker.call({"kind": "_sabotaged", "how": "raise_after", "case": case})
+    assert broken["status"] == "harness_error", broken
+    assert f"planted harness bug after {ENTRY_POINTS[kind]} returned" in broken["message"]

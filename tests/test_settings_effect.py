@@ -215,7 +215,8 @@ class Reference:
                               self.value_of(boot, ro["states"][1:], g), self.chunk_discount, cfg.lam)
         v = self.mlp("value", ro["states"][:H], self.expand(g, ro["states"][:H]))[..., 0]
         q = self.mlp("critic", s0, g, ro["chunks"][0])[..., 0]
-        q_target = ro["rewards"][0] + self.chunk_discount * ro["masks"][0] * self.value_of("value", ro["states"][1], g)
+        v_next = self.value_of("value", ro["states"][1], g)
+        q_target = ro["rewards"][0] + self.chunk_discount * ro["masks"][0] * v_next
         logs = {"loss/value": self.regression(v, returns), "loss/critic": self.regression(q, q_target),
                 "rollout/imagined_return": returns[0].mean(), "rollout/imagined_reward": ro["rewards"].mean(),
                 "rollout/imagined_mask": ro["masks"].mean(), "rollout/q_chosen": ro["q"][0].mean()}
@@ -641,7 +642,8 @@ def test_num_samples_test(source):
     np.testing.assert_array_equal(single[0], single[1])
 
 
-@pytest.mark.skipif(not _native.cpu_backend_ready(torch.zeros(1)), reason="the native CPU core is not built")
+@pytest.mark.skipif(not _native.cpu_backend_ready(torch.zeros(1)),
+                    reason="the native CPU core (mac._C) is not built")
 def test_rollout_backend(monkeypatch):
     """rollout_backend: an engine choice. torch runs the reference rollout, cpu the native core
     (spied), auto the native core on CPU float32 tensors where it is built; each computes the

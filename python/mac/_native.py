@@ -117,12 +117,15 @@ def cuda_status() -> dict[str, Any]:
     return status
 
 
-def info() -> dict[str, Any]:
-    """What was compiled and what is usable now, as a dict (``mac info`` prints it)."""
+def info(kernels: bool = False) -> dict[str, Any]:
+    """What was compiled and what is usable now, as a dict (``mac info`` prints it). The compiled
+    kernels' registers, stack and static shared memory per architecture are read with cuobjdump
+    when it is installed; ``kernels=True`` adds their disassembled hot loops (seconds: mac.sass)."""
     import numpy
     import torch
 
-    from mac import __version__, _llvm_isolation
+    from mac import _llvm_isolation
+    from mac._version import __version__
 
     out: dict[str, Any] = {
         "mac": __version__,
@@ -137,6 +140,11 @@ def info() -> dict[str, Any]:
         out["cpu_core"] = {"error": cpu_import_error}
     if cuda_ext is not None:
         out["cuda_core"] = dict(cuda_ext.build_info())
+        if _has(cuda_ext, "launch_plan"):  # per precision, whatever the shapes; no GPU needed
+            out["cuda_core"]["dynamic_shared_bytes"] = dict(
+                cuda_ext.launch_plan(B=1, N=1, S=1, C=1, actor=(), critic=())["smem_bytes"])
+        from mac import sass
+        out["cuda_kernels"] = sass.info_section(disassemble=kernels)
     else:
         out["cuda_core"] = "not built"
     out["cuda_status"] = cuda_status()
