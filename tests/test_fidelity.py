@@ -1,6 +1,7 @@
 """The authors' options (agents/mac.py, utils/datasets.py, main.py, envs/env_utils.py) and the
 paper preset's fidelity to their code: hand-computed cases per switch, an independent recomputation
-of their chunk labels and GAE, and a short training run + resume per setting (docs/FIDELITY.md)."""
+of their chunk labels and GAE, and a short training run + resume per setting (docs/FIDELITY.md). That
+every setting changes what is computed is test_settings_effect.py."""
 
 import csv
 
@@ -423,6 +424,10 @@ def test_target_update_uses_the_parameters_before_the_step():
 
 
 # ------------------------------------------------------------------------------------ training runs
+# These runs prove that each setting trains, survives a checkpoint and resumes bitwise, and that the
+# flags parse into the config; they do not prove that a setting changes training (one parsed and then
+# ignored passes here). That is test_settings_effect.py: every setting's quantity at two values
+# against independent formulas.
 
 REWARD_ENV, GOAL_ENV = "cube-single-play-singletask-task2-v0", "cube-single-play-oraclerep-v0"
 SETTINGS = [
@@ -450,6 +455,9 @@ SETTINGS = [
 
 @pytest.mark.parametrize("env_name, flags", SETTINGS, ids=[" ".join(f) for _, f in SETTINGS])
 def test_short_run_per_setting_finishes_and_resumes(env_name, flags, tiny_cube_dir, tmp_path, monkeypatch):
+    """Two steps with ``flags`` finish, a 1 + 1 run resumed from its checkpoint equals the straight
+    one bitwise (networks and every logged value), and the saved config is the parsed flags. Whether
+    each setting changes what is computed: test_settings_effect.py."""
     from mac.checkpoint import load_checkpoint
     from mac.train import train
     from test_train import TINY

@@ -308,6 +308,24 @@ def ensure_dataset(args, spec) -> None:
                      workers=workers, seed=args.seed, progress=not args.no_progress)
 
 
+def make_sampler(cfg: AgentConfig, train_data, val_data, goal_conditioned: bool, *, seed,
+                 mapped_budget_mb: float | None = None) -> tuple[ChunkSampler, dict]:
+    """The training sampler and its keywords (normalisers included; the diagnostics' samplers take
+    the same): every data setting of ``cfg`` (chunk_len, discount, the goal mixture, chunk_reward,
+    reward_task_termination, normalize_obs) reaches the batches here."""
+    obs_norm, goal_norm = fit_normalizers(cfg, val_data, goal_conditioned)
+    sampler_kwargs = dict(obs_normalizer=obs_norm, goal_normalizer=goal_norm,
+                          goal_conditioned=goal_conditioned, **sampler_options(cfg),
+                          mapped_budget_mb=mapped_budget_mb)
+    sampler = ChunkSampler(train_data, cfg.chunk_len, cfg.discount, seed=seed, **sampler_kwargs)
+    return sampler, sampler_kwargs
+
+
+def training_batch(sampler: ChunkSampler, cfg: AgentConfig, device) -> dict[str, torch.Tensor]:
+    """The batch of one gradient step: ``cfg.batch_size`` chunks, as tensors on ``device``."""
+    return to_device(sampler.sample(cfg.batch_size), device)
+
+
 def _policy(agent, obs_norm, goal_norm) -> Policy:
     cfg = agent.config
     return Policy(agent, obs_norm, goal_norm, cfg.action_execute, cfg.num_samples_test)
@@ -427,12 +445,10 @@ def _train(args, cfg, spec, resume, argv, device, ctx: DistContext, say) -> Path
                       "checkpoint": None if resume is None else Path(resume["path"]).name},
                      hint=". Every process must read the same files: check --dataset_dir (and the "
                           "run directory, on resume) on every node")
-    obs_norm, goal_norm = fit_normalizers(cfg, val_data, spec.goal_conditioned)
-    sampler_kwargs = dict(obs_normalizer=obs_norm, goal_normalizer=goal_norm,
-                          goal_conditioned=spec.goal_conditioned, **sampler_options(cfg),
-                          mapped_budget_mb=args.mapped_budget_mb or None)
-    sampler = ChunkSampler(train_data, cfg.chunk_len, cfg.discount, seed=rank_seed(args.seed, ctx.rank),
-                           **sampler_kwargs)
+    sampler, sampler_kwargs = make_sampler(cfg, train_data, val_data, spec.goal_conditioned,
+                                           seed=rank_seed(args.seed, ctx.rank),
+                                           mapped_budget_mb=args.mapped_budget_mb or None)
+    obs_norm, goal_norm = sampler_kwargs["obs_normalizer"], sampler_kwargs["goal_normalizer"]
     # val/ losses, BC error and model error at every log step (rank 0 logs), off the training streams
     diagnostics = Diagnostics(cfg, train_data, val_data, seed=args.seed, device=device,
                               sampler_kwargs=sampler_kwargs) if ctx.is_main else None
@@ -495,7 +511,7 @@ def _train(args, cfg, spec, resume, argv, device, ctx: DistContext, say) -> Path
     t0 = last_line = time.perf_counter()
     with _DeferredInterrupt() as interrupt:
         for step in bar:
-            batch = to_device(sampler.sample(cfg.batch_size), device)
+            batch = training_batch(sampler, cfg, device)
             threads = tuner.before_step() if tuner else args.threads
             info = agent.update(batch)              # 0-d tensors on the device, read at log steps only
             info["threads"] = threads
