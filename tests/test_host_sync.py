@@ -126,6 +126,7 @@ def test_batches_reach_the_cpu_without_a_copy():
     assert out["observations"].data_ptr() == arrays["observations"].ctypes.data
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda_a_training_step_never_synchronises():
     """torch's sync detector over a real CUDA step: batch copy (pinned, asynchronous), losses, fused
