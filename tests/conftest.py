@@ -152,12 +152,13 @@ def _mesa_egl_with_llvm() -> bool:
 
 
 def _sass_tools_present() -> bool:
-    """The CUDA module, cuobjdump and nvcc are all here: tests/test_sass.py has what it needs."""
+    """The CUDA module, cuobjdump, nvdisasm and nvcc are all here: tests/test_sass.py has what it needs."""
     try:
         from mac import sass
     except ImportError:
         return False
     return (sass.cuda_module_path() is not None and sass.find_cuobjdump() is not None
+            and sass.find_cuda_tool("nvdisasm") is not None
             and (os.environ.get("CUDACXX") or sass.find_cuda_tool("nvcc")) is not None)
 
 
