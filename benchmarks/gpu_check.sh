@@ -5,10 +5,13 @@
 # torch reference, float64 as the judge), the SASS summary of the built kernels (python -m mac.sass:
 # registers, stack, hot-loop MMA/LDSM/local-memory counts), the strict gate (device kernel == its
 # host emulation, all grid cases and precisions), the whole GPU suite, the kernels under
-# compute-sanitizer (memcheck, racecheck, synccheck) on small shapes, the benchmark, 300 steps of
-# `mac train --preset paper --device cuda` on a small generated dataset (time per step and the
-# projection to 1M steps), and, where `ncu` is installed, an Nsight Compute profile of one
-# paper-shape rollout step, native kernel and torch eager (benchmarks/ncu_profile.py).
+# compute-sanitizer (memcheck, racecheck, synccheck) on small shapes, the benchmark at the paper
+# shapes (native vs torch eager vs eager in a CUDA graph, TF32 and bf16, the paper train step and
+# issue 20's goals; torch.compile max-autotune left out: compiling these shapes takes minutes), 300
+# steps of `mac train --preset paper --device cuda` on a small generated dataset (time per step and
+# the projection to 1M steps), where `ncu` is installed an Nsight Compute profile of one paper-shape
+# rollout step, native kernel and torch eager (benchmarks/ncu_profile.py), and last, with whatever
+# time is left, the max-autotune column on the smallest case (quick shapes, best-of-32 for 1 state).
 # Everything goes under $OUT: the report, one log per stage, the SASS listing, the train logs and
 # the ncu report. A failing stage is recorded and the next one runs.
 # Time: each stage has its own limit, cut to what is left of GPU_CHECK_BUDGET_S (default 340 s), so
@@ -73,7 +76,6 @@ for tool in memcheck racecheck synccheck; do
   stage "sanitizer_$tool" 120 compute-sanitizer --tool "$tool" --error-exitcode 99 \
     python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py -k "non_contiguous or ties_go"
 done
-stage bench_quick 60 mac bench --device cuda --quick --no-compile
 stage bench_paper 150 mac bench --device cuda --no-compile
 
 # Training: the paper's agent on a few generated episodes; train.csv's time_s excludes evaluation
@@ -106,6 +108,10 @@ else
   note "== ncu: not installed (no Nsight Compute profile)"
   results+=("ncu absent 0")
 fi
+
+# max-autotune compiles (and autotunes every GEMM) for a minute or more per shape and precision: the
+# smallest case only, after everything else.
+stage bench_autotune 150 mac bench --device cuda --quick --cuda-cases eval-b1 --train-step none
 
 { echo; echo "## Summary"; echo; echo "| stage | exit | seconds |"; echo "|---|---|---|"
   for r in "${results[@]}"; do read -r name rc secs <<< "$r"; echo "| $name | $rc | $secs |"; done

@@ -40,13 +40,13 @@ TOP_LAUNCHES = 15
 def workload() -> None:
     import torch
 
-    from mac.bench_cuda import _build, _case
+    from mac.bench_cuda import build_case, case_spec
     from mac.rollout import imagine, imagine_reference
 
-    case = dict(_case("rollout-s28", quick=False), H=1)
-    nets, states, noise, _ = _build(case, torch.device("cuda"))
+    case = dict(case_spec("rollout-s28"), H=1)
+    nets, states, noise, _ = build_case(case, torch.device("cuda"))
     net_list = [nets[k] for k in ("actor", "critic", "dynamics", "reward", "success")]
-    torch.backends.cuda.matmul.allow_tf32 = True  # eager as mac bench times it
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls: eager as mac bench times it (tf32)
 
     def native():
         return imagine(states, None, **nets, steps=case["H"], num_samples=case["N"], noise=noise, backend="cuda")

@@ -52,6 +52,7 @@ import mac.rollout as R  # noqa: E402
 from mac import _cpu_core as cc  # noqa: E402
 from mac.nets import MLP  # noqa: E402
 from mac.noise import philox_normal, philox_normal_numpy  # noqa: E402
+from mac.reference import concat_inputs  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16, "int64": torch.int64}
@@ -286,7 +287,7 @@ def check_imagine(out, nets, s, g, z):
                      all_q(sk, g64, npt["actor"], npt["critic"], z64[k]))
         ok &= torch.isfinite(ref64.states[k + 1]).all(1)
         if nets["success"] is not None:
-            x64 = R._concat(sk, g64, ref64.chunks[k])
+            x64 = concat_inputs(sk, g64, ref64.chunks[k])
             l64 = n64["success"](x64).squeeze(-1)
             err = torch.maximum((nets["success"](x64.float()).squeeze(-1).double() - l64).abs(),
                                 (npt["success"](x64).squeeze(-1) - l64).abs()).nan_to_num(math.inf)

@@ -152,12 +152,13 @@ def _mesa_egl_with_llvm() -> bool:
 
 
 def _sass_tools_present() -> bool:
-    """The CUDA module, cuobjdump and nvcc are all here: tests/test_sass.py has what it needs."""
+    """The CUDA module, cuobjdump, nvdisasm and nvcc are all here: tests/test_sass.py has what it needs."""
     try:
         from mac import sass
     except ImportError:
         return False
     return (sass.cuda_module_path() is not None and sass.find_cuobjdump() is not None
+            and sass.find_cuda_tool("nvdisasm") is not None
             and (os.environ.get("CUDACXX") or sass.find_cuda_tool("nvcc")) is not None)
 
 
@@ -214,9 +215,13 @@ def _skip_summary(terminalreporter):
         return
     terminalreporter.section("skipped tests by group")
     for group, items in sorted(_skips.items()):
-        reasons = sorted({r for _, r in items})
-        more = f" (+{len(reasons) - 1} other reasons)" if len(reasons) > 1 else ""
-        terminalreporter.write_line(f"{group}: {len(items)} skipped: {reasons[0][:150]}{more}")
+        counts: dict[str, int] = {}
+        for _, reason in items:
+            counts[reason] = counts.get(reason, 0) + 1
+        common = sorted(counts, key=counts.get, reverse=True)
+        shown = "; ".join(r[:150] + (f" ({counts[r]})" if len(counts) > 1 else "") for r in common[:3])
+        more = f" (+{len(common) - 3} other reasons)" if len(common) > 3 else ""
+        terminalreporter.write_line(f"{group}: {len(items)} skipped: {shown}{more}")
     for group, items in unexpected_skips().items():
         why = "required by MAC_REQUIRE_TESTS" if group in required_groups() else "its prerequisites are present here"
         terminalreporter.write_line(f"FAILED: {len(items)} {group} test(s) skipped but {why}: "

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import make_episodes
-from mac.agent import MACAgent
+from mac.agent import MACAgent, fetch_floats
 from mac.checkpoint import rng_state
 from mac.config import AgentConfig, apply_agent_flags, native_rollout_supported, preset
 from mac.data import ChunkSampler, OfflineData
@@ -102,7 +102,7 @@ def test_gaussian_agent_builds_one_policy_and_trains_it_by_likelihood():
         assert list(losses) == ["bc"]
         ctx = torch.cat([b["observations"], b["actor_goals"]], -1) if goal_dim else b["observations"]
         torch.testing.assert_close(losses["bc"], -agent.actor.log_prob(ctx, b["actions"]).mean())
-        info = agent.update(b)
+        info = fetch_floats(agent.update(b))
         assert "loss/bc" in info and "loss/flow" not in info and "loss/distill" not in info
         assert all(np.isfinite(v) for v in info.values())
         assert agent.act(b["observations"][:2], b.get("value_goals", torch.zeros(8, 0))[:2]
@@ -149,6 +149,7 @@ def test_q_gradient_actor_loss_is_minus_normalised_q_plus_alpha_distill():
     states = torch.randn(2, 5, S)                # (H, B, S) imagined states
     torch.manual_seed(9)
     loss, stats = agent.q_actor_loss(states, None)
+    stats = fetch_floats(stats)
     torch.manual_seed(9)
     z = torch.randn(2, 5, C)                     # the noise the loss drew
     distill = float(((0.25 - (z + 0.6).clamp(-1, 1)) ** 2).mean())
@@ -162,7 +163,7 @@ def test_q_gradient_actor_loss_is_minus_normalised_q_plus_alpha_distill():
     _head(agent.critic, 3.0)
     torch.manual_seed(9)
     loss, stats = agent.q_actor_loss(states, None)
-    assert stats["q_loss"] == pytest.approx(-1.0)
+    assert float(stats["q_loss"]) == pytest.approx(-1.0)
     assert float(loss.detach()) == pytest.approx(0.7 * distill - 1.0, rel=1e-5)
 
 
@@ -175,7 +176,7 @@ def test_q_gradient_trains_only_the_one_step_actor():
     assert all(p.grad is None for p in agent.flow_actor.parameters())      # the teacher is fixed
     assert any(float(p.grad.abs().max()) > 0 for p in agent.actor.parameters())
     # no distillation on the dataset batch; the actor loss joins the sum
-    info = agent.update(batch(goal_dim=3))
+    info = fetch_floats(agent.update(batch(goal_dim=3)))
     assert {"loss/flow", "loss/actor", "actor/distill", "actor/q_loss", "actor/q"} <= set(info)
     assert "loss/distill" not in info
     total = sum(v for k, v in info.items() if k.startswith("loss/") and k != "loss/total")
@@ -238,7 +239,7 @@ def test_chunk_len_one_horizon_and_discount():
     losses, stats = agent.value_losses(b)
     G0 = -1 - 0.9 - 0.81 + 0.729 * 5
     G = torch.tensor([G0, -1 - 0.9 + 0.81 * 5, -1 + 0.9 * 5])
-    assert stats["imagined_return"] == pytest.approx(G0, rel=1e-5)
+    assert float(stats["imagined_return"]) == pytest.approx(G0, rel=1e-5)
     assert float(losses["value"].detach()) == pytest.approx(float(((2 - G) ** 2).mean()), rel=1e-5)
     assert float(losses["critic"].detach()) == pytest.approx((-1 + 0.9 * 2) ** 2, rel=1e-5)
     # the same H with h = 3 discounts each call by 0.9^3

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mac.agent import MACAgent, discounted_returns, euler_flow
+from mac.agent import MACAgent, discounted_returns, euler_flow, fetch_floats
 from mac.config import AgentConfig, apply_agent_flags, preset
 
 S, A, H = 4, 2, 3
@@ -140,9 +140,10 @@ def test_short_training_lowers_every_supervised_loss():
     agent = MACAgent(S, A, 0, tiny_config(lr=3e-3, batch_size=64, rollout_batch=8))
     data = batch(B=64, seed=1)
     data["next_observations"] = data["observations"] * 0.5 + 0.1  # a learnable dynamics
-    first = agent.update(data)
+    first = fetch_floats(agent.update(data))
     for _ in range(150):
         last = agent.update(data)
+    last = fetch_floats(last)
     for k in ("dynamics", "reward", "success", "flow", "distill"):
         assert last[f"loss/{k}"] < 0.7 * first[f"loss/{k}"], k
 

@@ -277,12 +277,38 @@ def test_kernel_info_and_auto_backend():
 
 
 def test_bench_quick_runs():
+    """The CUDA report at the quick shapes, both precisions, every backend but max-autotune (its
+    compile takes minutes; benchmarks/gpu_check.sh runs it on eval-b1): the native core checked,
+    the CUDA graph captured, every cell timed."""
     import argparse
 
     from mac import bench_cuda
-    out = bench_cuda.run_cuda_bench(argparse.Namespace(quick=True, no_compile=True, repeats=2, warmup=1,
+    out = bench_cuda.run_cuda_bench(argparse.Namespace(quick=True, no_compile=True, warmup=1, train_step="none",
                                                        cuda_cases="rollout-s28,eval-b1"))
-    assert "native CUDA" in out and "| ok |" in out and "torch eager" in out
+    assert "tf32, bf16: check ok" in out and "MISMATCH" not in out and "failed:" not in out
+    for case in ("rollout-s28", "eval-b1"):
+        for backend in ("native core", "torch eager", "eager + CUDA graph"):
+            row = next(line for line in out.splitlines() if line.startswith(f"| {case} | {backend} |"))
+            assert "—" not in row.split("|")[3] and "—" not in row.split("|")[6]  # tf32 and bf16 medians
+    assert "skipped: left out: not in --compile-cases" in out
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("case", ["rollout-s28", "eval-b1"])
+def test_cuda_graph_replay_gives_the_eager_result(case, precision):
+    """mac.bench_cuda.GraphedCall on a real CUDA graph: new inputs go through the static buffers and
+    each replay computes what eager computes on them (same kernels: float32 round-off at most)."""
+    from mac import bench_cuda as bc
+    spec = bc.case_spec(case, "tiny")
+    nets, states, noise, _ = bc.build_case(spec, DEV)
+    reference = bc.reference_fn(spec, nets)
+    with torch.no_grad(), bc.torch_precision(precision, "cuda"):
+        graphed = bc.GraphedCall(reference, (states, noise))
+        for k in range(2):
+            s, z = states * (k + 2), torch.randn_like(noise)
+            got = graphed(s, z)
+            for g, want in zip(got, reference(s, z), strict=True):
+                torch.testing.assert_close(g, want)
 
 
 def test_checkpoint_rng_state_restores_and_forks_the_cuda_generator():

@@ -40,6 +40,7 @@ import mac.rollout as R
 from mac import _cpu_core as cc
 from mac.nets import MLP
 from mac.noise import philox_normal, philox_normal_numpy
+from mac.reference import concat_inputs
 
 from conftest import cpu_has_bf16, isa_params
 
@@ -185,7 +186,7 @@ def check_imagine(nets, s, g, H, N, *, noise=None, seed=None, num_threads=None, 
         gap = top_gap(all_q(sk, g64, n64["actor"], n64["critic"], z[k].double()))
         ok = gap > GAP_TOL
         if n64["success"] is not None:
-            logit = n64["success"](R._concat(sk, g64, ref64.chunks[k])).squeeze(-1)
+            logit = n64["success"](concat_inputs(sk, g64, ref64.chunks[k])).squeeze(-1)
             ok &= logit.abs() > GAP_TOL
         valid[k + 1] = valid[k] & ok
     step_valid = valid[1:]

@@ -210,6 +210,23 @@ def test_without_cuobjdump_the_error_and_mac_info_name_the_pip_package(monkeypat
     assert sass.main(["/some/_C_cuda.so"]) == 2
 
 
+def test_disassembly_finds_nvdisasm_wherever_it_is_or_names_its_pip_package(monkeypatch):
+    """cuobjdump -sass runs nvdisasm, looking only beside itself, on PATH and at NVDISASM_PATH: the one
+    found (e.g. in another wheel's bin/) is handed over; none is a clear error before cuobjdump runs."""
+    seen = []
+    monkeypatch.setattr(sass, "require_cuobjdump", lambda: "/x/cuobjdump")
+    monkeypatch.setattr(sass.subprocess, "run", lambda cmd, **kw: seen.append(kw["env"]) or
+                        subprocess.CompletedProcess(cmd, 0, stdout="", stderr=""))
+    monkeypatch.setattr(sass, "find_cuda_tool", lambda name: "/opt/nv/bin/nvdisasm" if name == "nvdisasm" else None)
+    sass._cuobjdump(["-sass"], "/some/_C_cuda.so")
+    assert seen[-1]["NVDISASM_PATH"] == "/opt/nv/bin"
+    monkeypatch.setattr(sass, "find_cuda_tool", lambda name: None)
+    with pytest.raises(sass.CuobjdumpMissing, match="pip install nvidia-cuda-nvdisasm"):
+        sass._cuobjdump(["-sass"], "/some/_C_cuda.so")
+    sass._cuobjdump(["--dump-resource-usage"], "/some/_C_cuda.so")   # needs no nvdisasm
+    assert len(seen) == 2
+
+
 def test_mac_info_reads_resources_and_disassembles_only_with_kernels(monkeypatch, capsys):
     from mac import _native
     from mac.cli import main as cli
@@ -232,6 +249,8 @@ def _unavailable(reason: str):
 def _require_cuobjdump():
     if sass.find_cuobjdump() is None:
         _unavailable(f"cuobjdump not installed (pip install {sass.CUOBJDUMP_PIP_PACKAGE})")
+    if sass.find_cuda_tool("nvdisasm") is None:
+        _unavailable(f"nvdisasm (which cuobjdump -sass runs) not installed (pip install {sass.NVDISASM_PIP_PACKAGE})")
 
 
 # ------------------------------------------------------------------------- 2. planted regressions

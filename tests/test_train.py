@@ -15,13 +15,19 @@ TINY = ["--agent.hidden_dims=16,16", "--agent.batch_size=16", "--agent.rollout_b
         "--agent.rollout_backend=torch"]
 
 
+def train_argv(data_dir, save_dir, name, steps, *extra):
+    """The `mac train` flags of a short run; threads pinned (bitwise resume equivalence needs a fixed
+    count, mac.threads)."""
+    return ["--env_name", "cube-single-play-singletask-task2-v0", "--dataset_dir", str(data_dir),
+            "--save_dir", str(save_dir), "--run_name", name, "--offline_steps", str(steps),
+            "--log_interval", "1", "--eval_interval", "0", "--eval_episodes", "1",
+            "--save_interval", "3", "--no_progress", "--seed", "3", "--threads", "2", *extra]
+
+
 def run_train(data_dir, save_dir, name, steps, *extra):
-    """A short run; threads pinned (bitwise resume equivalence needs a fixed count, mac.threads)."""
+    """A short run (train_argv) in this process."""
     from mac.train import train
-    return train(["--env_name", "cube-single-play-singletask-task2-v0", "--dataset_dir", str(data_dir),
-                  "--save_dir", str(save_dir), "--run_name", name, "--offline_steps", str(steps),
-                  "--log_interval", "1", "--eval_interval", "0", "--eval_episodes", "1",
-                  "--save_interval", "3", "--no_progress", "--seed", "3", "--threads", "2", *extra])
+    return train(train_argv(data_dir, save_dir, name, steps, *extra))
 
 
 class Evil:  # any non-allow-listed class: loading it would run arbitrary unpickling
@@ -246,17 +252,18 @@ def test_sigkill_during_a_checkpoint_save_then_resume(tiny_cube_dir, tmp_path, c
 
     capsys.readouterr()
     assert main(["--restore_path", str(run_dir), "--no_progress", "--eval_episodes", "1"]) == 0
-    assert f"resumed {run_dir} at step 3" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"resumed {run_dir} at step 3" in out and "3 from train.csv" in out
     final = load_checkpoint(run_dir)
     assert final["step"] == 6 and [p.name for p in list_checkpoints(ckpts)] == [
         "ckpt_000000003.pt", "ckpt_000000006.pt"]
     assert not list(ckpts.glob(".ckpt_*")), "the killed run's half-written temp file was not reclaimed"
-    # The resumed steps 4..6 replay the killed run's steps 4..6 exactly (same losses): the state
-    # came whole from checkpoint 3. (train.csv is append-only, so it now lists steps 4..6 twice.)
-    header, replay = killed_rows[0], _rows(run_dir / "train.csv")[len(killed_rows):]
+    # The resume dropped the killed run's rows 4..6 and logged them again, the same losses: the
+    # state came whole from checkpoint 3.
+    header, *rows = _rows(run_dir / "train.csv")
     loss = header.index("loss/total")
-    assert [r[0] for r in replay] == ["4", "5", "6"]
-    assert [r[loss] for r in replay] == [r[loss] for r in killed_rows[4:7]]
+    assert header == killed_rows[0] and [r[0] for r in rows] == ["1", "2", "3", "4", "5", "6"]
+    assert [r[loss] for r in rows] == [r[loss] for r in killed_rows[1:]]
 
 
 def test_threads_auto_times_steps_and_logs_the_count(tiny_cube_dir, tmp_path, capsys):

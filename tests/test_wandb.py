@@ -180,7 +180,7 @@ def test_optional_loggers_share_the_numeric_scalars_of_a_row(monkeypatch):
     added = []
 
     class FakeWriter:
-        def __init__(self, log_dir):
+        def __init__(self, log_dir, purge_step=None):
             pass
 
         def add_scalar(self, tag, value, step):

@@ -4,10 +4,10 @@ PyTorch owns parameters, autograd and the optimiser; the native core (``mac._C``
 ``mac._C_cuda`` for NVIDIA GPUs) runs the inference-only hot paths (best-of-N, imagined rollouts).
 """
 
-__version__ = "0.1.0"
+from mac._version import __version__
 
 # First, before anything can import mujoco: see _llvm_isolation for the crash this prevents.
-from mac._llvm_isolation import isolate_triton_llvm as _isolate_triton_llvm  # noqa: E402
+from mac._llvm_isolation import isolate_triton_llvm as _isolate_triton_llvm
 
 _isolate_triton_llvm()
 

@@ -120,7 +120,7 @@ def _goals(goals):
 
 def best_of_n(states, goals, actor, critic, num_samples, noise, seed, *, num_threads=None,
               isa=None, bf16=False, parallel="auto") -> BestOfN:
-    """Native best-of-N; same semantics as :func:`mac.rollout.best_of_n_reference`.
+    """Native best-of-N; same semantics as :func:`mac.reference.best_of_n_reference`.
 
     ``num_threads``: OpenMP threads (default :func:`get_num_threads`); ``isa``: force an
     instruction-set copy; ``bf16``: opt-in bfloat16 dot products where the CPU has them;
@@ -144,7 +144,7 @@ def best_of_n(states, goals, actor, critic, num_samples, noise, seed, *, num_thr
 
 def imagine(states, goals, actor, critic, dynamics, reward, success, steps, num_samples, noise, seed,
             *, num_threads=None, isa=None, bf16=False, parallel="auto") -> Rollout:
-    """Native imagined rollout; same semantics as :func:`mac.rollout.imagine_reference`."""
+    """Native imagined rollout; same semantics as :func:`mac.reference.imagine_reference`."""
     B, S, G, C = _dims(states, goals, actor)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")

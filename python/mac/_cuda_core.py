@@ -156,7 +156,7 @@ def _launch(args, device: torch.device):
 # ------------------------------------------------------------------------------------ entry points
 
 def best_of_n(states, goals, actor, critic, num_samples, noise, seed, *, precision=None) -> BestOfN:
-    """Native best-of-N on CUDA tensors; same semantics as :func:`mac.rollout.best_of_n_reference`."""
+    """Native best-of-N on CUDA tensors; same semantics as :func:`mac.reference.best_of_n_reference`."""
     args, out, _keep = _prepare("best_of_n", states, goals, dict(actor=actor, critic=critic), 1, num_samples,
                                 noise, seed, precision, "cuda")
     _launch(args, states.device)
@@ -165,7 +165,7 @@ def best_of_n(states, goals, actor, critic, num_samples, noise, seed, *, precisi
 
 def imagine(states, goals, actor, critic, dynamics, reward, success, steps, num_samples, noise, seed, *,
             precision=None) -> Rollout:
-    """Native imagined rollout on CUDA tensors; same semantics as :func:`mac.rollout.imagine_reference`."""
+    """Native imagined rollout on CUDA tensors; same semantics as :func:`mac.reference.imagine_reference`."""
     nets = dict(actor=actor, critic=critic, dynamics=dynamics, reward=reward, success=success)
     if dynamics is None:
         raise ValueError("imagine needs a dynamics network")

@@ -124,7 +124,8 @@ def info(kernels: bool = False) -> dict[str, Any]:
     import numpy
     import torch
 
-    from mac import __version__, _llvm_isolation
+    from mac import _llvm_isolation
+    from mac._version import __version__
 
     out: dict[str, Any] = {
         "mac": __version__,

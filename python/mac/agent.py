@@ -12,6 +12,12 @@ from mac import rollout as rollout_api
 from mac.config import AgentConfig
 from mac.nets import MLP, GaussianActor
 
+# Where Adam steps fused: on CUDA one kernel updates every tensor, its step counts on the device
+# (torch's default there, foreach, keeps the counts on the host and works out each tensor's bias
+# correction in Python). The CPU keeps torch's default single-tensor loop, whose numbers fused Adam
+# would not reproduce bitwise.
+FUSED_ADAM_DEVICES = ("cuda",)
+
 
 def discounted_returns(rewards: torch.Tensor, masks: torch.Tensor, bootstrap: torch.Tensor,
                        chunk_discount: float, lam: float = 1.0,
@@ -47,6 +53,16 @@ def euler_flow(flow: MLP, context: torch.Tensor, z: torch.Tensor, steps: int,
         inp = torch.cat([context, x, u], dim=-1)
         x = x + (rollout_api.mlp_forward(flow, inp, backend) if native else flow(inp)) / steps
     return x
+
+
+def fetch_floats(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """The logged values of :meth:`MACAgent.update` (detached 0-d tensors on the agent's device) as
+    Python floats, in one device-to-host transfer: on a GPU every transfer waits for the queued work,
+    so the training loop calls this at log steps only. Entries that are numbers already pass through;
+    the keys keep their order. float32 -> Python float is exact: the same numbers as ``float(v)``."""
+    tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
+    fetched = dict(zip(tensors, torch.stack(list(tensors.values())).tolist())) if tensors else {}
+    return {k: fetched.get(k, v) for k, v in values.items()}
 
 
 def frozen(net: torch.nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
@@ -148,12 +164,13 @@ class MACAgent(torch.nn.Module):
         return {"flow": flow, "distill": distill}
 
     def q_actor_loss(self, states: torch.Tensor, goals: torch.Tensor | None
-                     ) -> tuple[torch.Tensor, dict[str, float]]:
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """extraction=q_gradient (agents/mbfql.py actor_loss) on the imagined states ``states``
         (H, B, S) with the rollout (value) goals (B, G): z ~ N(0, I);
         distill = mean (mu(s, g, z) - clip(Euler_K(v; s, g, z), -1, 1))^2 (teacher without gradient);
         q = mean over the H steps of Q(s, g, clip(mu, -1, 1)) (B,), with Q's parameters fixed;
-        loss = alpha * distill - mean(q) / stop_gradient(mean |q|)."""
+        loss = alpha * distill - mean(q) / stop_gradient(mean |q|). Returns (loss, its parts as
+        detached 0-d tensors: distill, q_loss, q)."""
         if goals is not None:
             goals = goals.unsqueeze(0).expand(states.shape[0], -1, -1)
         context = self._cat(states, goals)
@@ -166,8 +183,7 @@ class MACAgent(torch.nn.Module):
         q = frozen(self.critic, self._cat(context, mu.clamp(-1, 1))).squeeze(-1).mean(0)    # (B,)
         q_loss = -q.mean() / q.abs().mean().detach()
         loss = self.config.alpha * distill + q_loss
-        return loss, {"distill": float(distill.detach()), "q_loss": float(q_loss.detach()),
-                      "q": float(q.detach().mean())}
+        return loss, {"distill": distill.detach(), "q_loss": q_loss.detach(), "q": q.detach().mean()}
 
     def imagine(self, states, goals, num_samples=None, backend=None):
         """Imagined rollout with the current networks (no gradient)."""
@@ -195,13 +211,13 @@ class MACAgent(torch.nn.Module):
             return F.binary_cross_entropy_with_logits(pred, target.clamp(0.0, 1.0))
         return F.mse_loss(pred, target)
 
-    def value_losses(self, batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def value_losses(self, batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         losses, stats, _, _ = self._value_losses(batch)
         return losses, stats
 
     def _value_losses(self, batch):
         """(losses, stats, rollout, rollout goals): the imagined rollout from the first B_r batch
-        states and the value/critic losses on it."""
+        states, the value/critic losses on it and its statistics (0-d tensors, no gradient)."""
         cfg = self.config
         Br = cfg.rollout_batch
         s0 = batch["observations"][:Br]
@@ -227,15 +243,16 @@ class MACAgent(torch.nn.Module):
         v = self.value(self._cat(ro.states[:H], gs)).squeeze(-1)           # (H, Br)
         q = self.critic(self._cat(s0, g, ro.chunks[0])).squeeze(-1)
         losses = {"value": self._regression(v, returns), "critic": self._regression(q, q_target)}
-        stats = {"imagined_return": float(returns[0].mean()), "imagined_reward": float(rewards.mean()),
-                 "imagined_mask": float(ro.masks.mean()), "q_chosen": float(ro.q[0].mean())}
+        stats = {"imagined_return": returns[0].mean(), "imagined_reward": rewards.mean(),
+                 "imagined_mask": ro.masks.mean(), "q_chosen": ro.q[0].mean()}
         return losses, stats, ro, g
 
     # ------------------------------------------------------------------ one step
-    def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(total loss, logged values): every loss of one step (summed with weight 1, as the authors)
         and the rollout statistics, as ``loss/<name>``, ``loss/total``, ``rollout/<name>``
-        (and ``actor/<name>`` with extraction=q_gradient)."""
+        (and ``actor/<name>`` with extraction=q_gradient). The logged values are detached 0-d
+        tensors on the agent's device: reading them is left to :func:`fetch_floats`."""
         losses = self.model_losses(batch)
         losses.update(self.actor_losses(batch))
         value_losses, stats, ro, g = self._value_losses(batch)
@@ -244,14 +261,16 @@ class MACAgent(torch.nn.Module):
         if self.config.extraction == "q_gradient":
             losses["actor"], actor_stats = self.q_actor_loss(ro.states[:self.config.rollout_steps], g)
         total = sum(losses.values())
-        out = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
-        out["loss/total"] = float(total.detach())
+        out = {f"loss/{k}": v.detach() for k, v in losses.items()}
+        out["loss/total"] = total.detach()
         out.update({f"rollout/{k}": v for k, v in stats.items()})
         out.update({f"actor/{k}": v for k, v in actor_stats.items()})
         return total, out
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One gradient step on all networks; returns the losses and rollout statistics."""
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One gradient step on all networks; returns the losses and rollout statistics as
+        :meth:`losses` does (0-d tensors: :func:`fetch_floats` reads them). Nothing here waits for
+        the device (tests/test_host_sync.py), so on a GPU the host queues the next step meanwhile."""
         total, out = self.losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -259,15 +278,31 @@ class MACAgent(torch.nn.Module):
             self.gradient_hook(self.trainable_parameters())
         # The authors' order: the target moves toward V's parameters from before this step's update.
         self.polyak_update()
+        self._match_adam_to_device()
         self.optimizer.step()
         return out
+
+    def _match_adam_to_device(self) -> None:
+        """Fused Adam while the parameters are on one of FUSED_ADAM_DEVICES, torch's default
+        elsewhere. Set before every step, not once: the optimiser is made with the agent, on the CPU,
+        before ``.to(device)``, and loading a checkpoint restores the flags of the device that saved it."""
+        fused = self.optimizer.param_groups[0]["params"][0].device.type in FUSED_ADAM_DEVICES
+        for group in self.optimizer.param_groups:
+            if bool(group["fused"]) == fused:
+                continue
+            group["fused"], group["foreach"] = (True if fused else None), None
+            for p in group["params"]:
+                state = self.optimizer.state.get(p, {})
+                if "step" in state:  # fused: a float32 count on the parameter's device; else on the CPU
+                    device, dtype = (p.device, torch.float32) if fused else ("cpu", torch.get_default_dtype())
+                    state["step"] = state["step"].to(device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ diagnostics (no gradient)
     @torch.no_grad()
     def eval_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The values :meth:`update` logs, on ``batch``, without a gradient step (the authors'
-        ``total_loss(val_batch, grad_params=None)``); draws from torch's RNG like a step."""
-        return self.losses(batch)[1]
+        """The values :meth:`update` logs, on ``batch``, as floats, without a gradient step (the
+        authors' ``total_loss(val_batch, grad_params=None)``); draws from torch's RNG like a step."""
+        return fetch_floats(self.losses(batch)[1])
 
     @torch.no_grad()
     def bc_error(self, batch: dict[str, torch.Tensor]) -> float:
@@ -293,9 +328,10 @@ class MACAgent(torch.nn.Module):
 
     @torch.no_grad()
     def polyak_update(self) -> None:
-        tau = self.config.tau
-        for p, tp in zip(self.value.parameters(), self.target_value.parameters()):
-            tp.lerp_(p, tau)
+        """target <- target + tau (value - target) for every tensor in one foreach call (on CUDA a
+        kernel per dtype, not per tensor; on the CPU the same per-tensor lerp_, bitwise)."""
+        torch._foreach_lerp_(list(self.target_value.parameters()), list(self.value.parameters()),
+                             self.config.tau)
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()

@@ -58,19 +58,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "chunks chosen at step 0, from the same start states)")
     parser.add_argument("--batch", type=int, default=None, help="override B of every rollout case")
     parser.add_argument("--steps", type=int, default=None, help="override H of every rollout case")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case and backend (median)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs per case and backend (median; default 3, and 20 with --device "
+                             "cuda, where fewer are refused)")
     parser.add_argument("--budget", type=float, default=60.0,
                         help="seconds of timed runs per case and backend; fewer repeats if exceeded")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for every backend (default: torch.get_num_threads())")
     parser.add_argument("--compile-mode", default="default",
-                        help='torch.compile mode ("default", "max-autotune-no-cudagraphs", ...)')
+                        help='torch.compile mode of --device cpu ("default", "max-autotune-no-cudagraphs", ...); '
+                             '--device cuda always times mode="max-autotune"')
     parser.add_argument("--output", "-o", default=None, help="also write the markdown to this file")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-step", dest="train_step", default="cpu", choices=("cpu", "paper", "none"),
+    parser.add_argument("--train-step", dest="train_step", default=None, choices=("cpu", "paper", "none"),
                         help="also time one full MAC training step (agent.update) with the native vs "
-                             "the torch rollout at this preset (S=28, A=5, reward task)")
-    parser.add_argument("--train-repeats", dest="train_repeats", type=int, default=7)
+                             "the torch rollout at this preset (S=28, A=5, reward task; default cpu, and "
+                             "paper with --device cuda)")
+    parser.add_argument("--train-repeats", dest="train_repeats", type=int, default=None,
+                        help="timed training steps (default 7, and 20 with --device cuda)")
+
+
+CPU_DEFAULTS = {"repeats": 3, "train_step": "cpu", "train_repeats": 7}
+
+
+def fill_defaults(args: argparse.Namespace, defaults: dict) -> argparse.Namespace:
+    """Set the options left unset (None or absent) to ``defaults``: their defaults depend on --device."""
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    return args
 
 
 @dataclasses.dataclass
@@ -174,12 +190,12 @@ def _runner(backend, kind, nets, states, noise, H, N, seed, compile_mode):
 
 
 def _reference_step(s, goals, actor, critic, dynamics, reward, success, noise_k):
-    """One step of mac.rollout.imagine_reference."""
-    from mac import rollout as R
+    """One step of mac.reference.imagine_reference."""
+    from mac import reference as R
 
     choice = R.best_of_n_reference(s, goals, actor, critic, noise_k)
     r, m = R.reward_and_mask(s, goals, choice.chunks, reward, success)
-    s_next = s + dynamics(R._concat(s, choice.chunks))
+    s_next = s + dynamics(R.concat_inputs(s, choice.chunks))
     return s_next, choice.chunks, r, m, choice.scores
 
 
@@ -231,7 +247,7 @@ def _decided(q64, *others):
 
 
 def _all_q(states, actor, critic, noise):
-    from mac.rollout import candidate_scores
+    from mac.reference import candidate_scores
     return candidate_scores(states, None, actor, critic, noise)[1]
 
 
@@ -281,7 +297,7 @@ def compare_with_reference(case, kind, result, nets, states, noise, H, N, rows=A
     margin is within 16x that error, and a rollout row is compared only up to such a near-tie
     (after it, trajectories legitimately part). Raises :class:`Disagreement`."""
     import copy
-    from mac import rollout as R
+    from mac import reference as R
 
     b = min(rows, states.shape[0])
     s = states[:b]
@@ -318,7 +334,7 @@ def compare_with_reference(case, kind, result, nets, states, noise, H, N, rows=A
         ok = _decided(_all_q(sk, n64["actor"], n64["critic"], z64[k]),
                       _all_q(sk.float(), nets["actor"], nets["critic"], z[k]),
                       _all_q(sk, npt["actor"], npt["critic"], z64[k]))
-        x = R._concat(sk, ref64.chunks[k])
+        x = R.concat_inputs(sk, ref64.chunks[k])
         l64 = n64["success"](x).squeeze(-1)
         err = torch.maximum((nets["success"](x.float()).squeeze(-1).double() - l64).abs(),
                             (npt["success"](x).squeeze(-1) - l64).abs())
@@ -418,6 +434,7 @@ def run(args: argparse.Namespace) -> int:
     from mac._native import require_cpu_ext
 
     ext = require_cpu_ext()
+    fill_defaults(args, CPU_DEFAULTS)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     _cpu_core.set_num_threads(threads)
@@ -473,53 +490,76 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_OBS_DIM, TRAIN_ACTION_DIM = 28, 5  # cube-single's state and action sizes (a reward task)
+
+
+def random_train_batch(batch_size: int, chunk_dim: int, seed: int, device="cpu") -> dict[str, torch.Tensor]:
+    """A reward-task training batch of random values: observations / next_observations (B, 28),
+    actions (B, chunk_dim) in [-1, 1], rewards (B,) in [-1, 0], masks (B,) ones."""
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same batch on every device
+    B, S = batch_size, TRAIN_OBS_DIM
+    batch = {"observations": torch.randn(B, S, generator=g),
+             "actions": torch.rand(B, chunk_dim, generator=g) * 2 - 1,
+             "next_observations": torch.randn(B, S, generator=g),
+             "rewards": -torch.rand(B, generator=g), "masks": torch.ones(B)}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def time_train_steps(cfg, backends, repeats: int, warmup: int, seed: int, device="cpu"):
+    """Median-ready times of one ``MACAgent.update`` per rollout backend (one agent each, same
+    initial weights, same random batch), interleaved step by step (mac.bench_timing). Returns
+    {backend: Timing}."""
+    from mac.agent import MACAgent
+    from mac.bench_timing import time_interleaved
+
+    batch = random_train_batch(cfg.batch_size, cfg.chunk_len * TRAIN_ACTION_DIM, seed, device)
+    steps = {}
+    for backend in backends:
+        torch.manual_seed(seed)
+        agent = MACAgent(TRAIN_OBS_DIM, TRAIN_ACTION_DIM, 0,
+                         dataclasses.replace(cfg, rollout_backend=backend)).to(device)
+        steps[backend] = lambda agent=agent: agent.update(batch)
+    return time_interleaved(steps, repeats, warmup, device)
+
+
+def train_step_shape(preset_name: str, cfg) -> str:
+    return (f"preset `{preset_name}`: batch {cfg.batch_size}, rollout batch {cfg.rollout_batch}, "
+            f"H={cfg.rollout_steps}, N={cfg.num_samples_train}, chunk {cfg.chunk_len} x A={TRAIN_ACTION_DIM}, "
+            f"S={TRAIN_OBS_DIM}, {len(cfg.hidden_dims)}x{cfg.hidden_dims[0]} networks")
+
+
 def train_step_table(preset_name: str, repeats: int, seed: int) -> str:
     """Median time of one ``MACAgent.update`` with each rollout backend, interleaved in one run."""
-    from mac.agent import MACAgent
     from mac.config import preset
 
     cfg = preset(preset_name)
-    S, A, B = 28, 5, cfg.batch_size
-    g = torch.Generator().manual_seed(seed)
-    batch = {"observations": torch.randn(B, S, generator=g),
-             "actions": torch.rand(B, cfg.chunk_len * A, generator=g) * 2 - 1,
-             "next_observations": torch.randn(B, S, generator=g),
-             "rewards": -torch.rand(B, generator=g), "masks": torch.ones(B)}
-    agents = {}
-    for backend in ("cpu", "torch"):
-        torch.manual_seed(seed)
-        agents[backend] = MACAgent(S, A, 0, dataclasses.replace(cfg, rollout_backend=backend))
-        agents[backend].update(batch)  # warm-up
-    times: dict[str, list[float]] = {"cpu": [], "torch": []}
-    for _ in range(repeats):
-        for backend, agent in agents.items():
-            t0 = time.perf_counter()
-            agent.update(batch)
-            times[backend].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: t.median for k, t in time_train_steps(cfg, ("cpu", "torch"), repeats, 1, seed).items()}
     return "\n".join([
-        f"One training step (`agent.update`, preset `{preset_name}`: batch {B}, rollout batch "
-        f"{cfg.rollout_batch}, H={cfg.rollout_steps}, N={cfg.num_samples_train}, "
-        f"{len(cfg.hidden_dims)}x{cfg.hidden_dims[0]} networks), median of {repeats}, interleaved:",
+        f"One training step (`agent.update`, {train_step_shape(preset_name, cfg)}), median of {repeats}, "
+        f"interleaved:",
         "",
         "| rollout backend | median step time | speed-up of the native rollout |",
         "|---|---|---|",
-        f"| native (cpu) | {med['cpu'] * 1e3:.1f} ms | |",
-        f"| torch eager | {med['torch'] * 1e3:.1f} ms | {med['torch'] / med['cpu']:.2f}x |",
+        f"| native (cpu) | {med['cpu']:.1f} ms | |",
+        f"| torch eager | {med['torch']:.1f} ms | {med['torch'] / med['cpu']:.2f}x |",
         ""])
 
 
-def _markdown(rows, shapes, peak, threads, ext) -> str:
-    info = ext.build_info()
-    cpu = platform.processor() or platform.machine()
+def cpu_model_name() -> str:
+    """/proc/cpuinfo's "model name", else what the platform module knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def _markdown(rows, shapes, peak, threads, ext) -> str:
+    info = ext.build_info()
+    cpu = cpu_model_name()
     out = [f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M}, {cpu}, {os.cpu_count()} logical CPUs, "
            f"{threads} threads, torch {torch.__version__}, native ISA {info['cpu_isa']}.",
            "",

@@ -18,19 +18,15 @@ a resumed run logs the same numbers as a straight one.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from mac.batches import to_device
 from mac.checkpoint import forked_rng
 from mac.data import ChunkSampler
 
 DIAG_SEED_OFFSET = 20_000
 ROLLOUT_SEQUENCES = 15       # main.py: train_dataset.sample_consecutive(15, 150 // action_chunking)
 ROLLOUT_ENV_STEPS = 150
-
-
-def _to_torch(batch: dict, device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v).to(device) for k, v in batch.items() if v.dtype == np.float32}
 
 
 class Diagnostics:
@@ -53,10 +49,10 @@ class Diagnostics:
             self.val_sampler.reseed(self._streams(step, 1))
             self.seq_sampler.reseed(self._streams(step, 2))
             bc = agent.bc_error(train_batch)
-            seq = _to_torch(self.seq_sampler.sample_sequences(ROLLOUT_SEQUENCES, self.rollout_chunks),
+            seq = to_device(self.seq_sampler.sample_sequences(ROLLOUT_SEQUENCES, self.rollout_chunks),
                             self.device)
             model_err = agent.rollout_error(seq["observations"], seq["actions"]).tolist()
-            val = agent.eval_losses(_to_torch(self.val_sampler.sample(self.config.batch_size), self.device))
+            val = agent.eval_losses(to_device(self.val_sampler.sample(self.config.batch_size), self.device))
         h = self.config.chunk_len
         out = {"metrics/mse": bc}
         out.update({f"metrics/rollout/mse_{k * h}": float(e) for k, e in enumerate(model_err)})

@@ -1,11 +1,12 @@
-"""Run logs: append-only CSV files (never overwritten on resume), the source of truth, and optional
-TensorBoard and Weights & Biases mirrors of their numeric columns."""
+"""Run logs: CSV files, the source of truth, and optional TensorBoard and Weights & Biases mirrors of
+their numeric columns. Training appends to the CSV files; a resume first cuts them back to the
+checkpoint's step (``truncate_after_step``), so a run killed between two checkpoints logs no step twice."""
 
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 import secrets
 import string
 import sys
@@ -16,7 +17,8 @@ class CsvLog:
     """Appends rows to ``path``; the header is fixed by the first row ever written to the file.
 
     On resume the existing header is reused; keys it does not have are dropped (and reported once),
-    so a resumed run never rewrites or reorders what is on disk.
+    so a resumed run never reorders what is on disk. (The rows past the checkpoint it resumes from
+    are dropped before, by ``truncate_after_step``.)
     """
 
     def __init__(self, path: Path):
@@ -49,8 +51,68 @@ def _fmt(v):
     return v
 
 
+def _csv_records(text: str) -> list[tuple[str, list[str]]]:
+    """(raw text, fields) of each CSV record of ``text``, the raw text exactly as in ``text`` (line
+    ending included, none on a torn last line), also for a quoted field spanning lines."""
+    consumed: list[str] = []
+
+    def lines():
+        for line in io.StringIO(text, newline=""):
+            consumed.append(line)
+            yield line
+
+    records = []
+    for fields in csv.reader(lines()):   # pulls exactly the lines of one record per row
+        records.append(("".join(consumed), fields))
+        consumed.clear()
+    return records
+
+
+def truncate_after_step(path: Path, step: int) -> tuple[int, bool]:
+    """On resume from the checkpoint of ``step``: drop the rows of the CSV log at ``path`` past
+    ``step`` (the run that stopped logged them after that checkpoint; the resumed run logs those steps
+    again), like TensorBoard's ``purge_step``. A torn last line (a kill mid-write: no line end, or not
+    the header's column count) is dropped too. Header and kept rows stay byte for byte, in order.
+
+    The file is replaced atomically (temp file, fsync, rename), and only if something is dropped: a
+    missing file or one with no row past ``step`` is not touched. Returns (rows dropped, the torn
+    line included; whether the last line was torn).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0, False
+    # Bytes that are not UTF-8 go through unchanged (surrogateescape): kept rows stay byte for byte.
+    records = _csv_records(path.read_bytes().decode("utf-8", "surrogateescape"))
+    if not records:
+        return 0, False
+    last_raw, last_fields = records[-1]
+    torn = not last_raw.endswith("\n") or (len(records) > 1 and len(last_fields) != len(records[0][1]))
+    if torn:
+        records.pop()
+    kept = records[:1]                   # the header (none left if it was itself torn)
+    if records:
+        header = records[0][1]
+        if "step" not in header:
+            raise ValueError(f"{path} has no 'step' column (header {header}): it is not a log of "
+                             "mac train; move it out of the run directory, then resume again")
+        step_column = header.index("step")
+        for number, (raw, fields) in enumerate(records[1:], start=1):
+            if len(fields) != len(header) or not fields[step_column].isdigit():
+                raise ValueError(f"{path}: row {number} ({raw.rstrip()!r}) does not match the header "
+                                 f"{header}; repair or delete that row, then resume again")
+            if int(fields[step_column]) <= step:
+                kept.append((raw, fields))
+    dropped = len(records) - len(kept) + torn
+    if dropped:
+        from mac.checkpoint import atomic_write_bytes   # not at the top: it imports torch (mac plot)
+        text = "".join(raw for raw, _ in kept).encode("utf-8", "surrogateescape")
+        atomic_write_bytes(path, lambda f: f.write(text))
+    return dropped, torn
+
+
 def read_csv(path: Path) -> dict[str, list[float]]:
-    """Columns as float lists; for repeated steps (a resume after a crash) the last row wins."""
+    """Columns as float lists, by step. A step logged twice (only in a run directory of a mac older
+    than ``truncate_after_step``, resumed after a crash) appears once: the last row wins."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     by_step = {}
@@ -107,10 +169,12 @@ class TensorBoard(ScalarLog):
                                "pip install 'mac[tensorboard]'") from exc
         return SummaryWriter
 
-    def __init__(self, log_dir: Path | None):
+    def __init__(self, log_dir: Path | None, purge_step: int | None = None):
+        """``purge_step``: on resume, the checkpoint's step + 1. TensorBoard then hides the events of
+        that step and later ones written before (by the run that stopped), as the CSV files drop them."""
         self.writer = None
         if log_dir is not None:
-            self.writer = self.writer_class()(str(log_dir))
+            self.writer = self.writer_class()(str(log_dir), purge_step=purge_step)
 
     def write(self, prefix: str, row: dict, step: int) -> None:
         if self.writer is None:
@@ -128,7 +192,12 @@ class WandbLog(ScalarLog):
     """A Weights & Biases run mirroring the CSV logs (``train/<key>``, ``eval/<key>`` at the training
     step). Its files go to ``<run_dir>/wandb``; its id is kept in ``<run_dir>/wandb_id`` so a resumed
     run continues the same W&B run. A failure while logging or closing is reported once and never
-    stops training: the CSV files stay complete."""
+    stops training: the CSV files stay complete.
+
+    Unlike the CSV files and TensorBoard, W&B is not cut back on resume: the steps a killed run
+    logged after its last checkpoint may stay in the W&B run (wandb ignores the resumed run's logs of
+    steps below the run's last one). wandb's ``resume_from="<id>?_step=<N>"`` would rewind the run,
+    but it is beta, is done by the W&B server (not in an offline run) and excludes ``resume``."""
 
     ID_FILE = "wandb_id"
 
@@ -146,10 +215,9 @@ class WandbLog(ScalarLog):
         path = Path(run_dir) / cls.ID_FILE
         if path.is_file() and path.read_text().strip():
             return path.read_text().strip()
+        from mac.checkpoint import atomic_write_text
         run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(run_id + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, run_id + "\n")
         return run_id
 
     def __init__(self, run_dir: Path, *, project: str, group: str | None = None,

@@ -1,10 +1,11 @@
 """The fast-path API: best-of-N action selection and batched imagined rollouts.
 
-``backend="torch"`` is the pure-PyTorch reference twin of the native kernels (and the oracle of the
-tests); ``"cpu"`` and ``"cuda"`` are the fused native cores; ``"auto"`` picks the native CPU core for CPU
-tensors when it is available and can run the networks (on CUDA tensors the reference, see
-``AUTO_USES_CUDA_KERNELS``) (see :func:`native_unsupported`;
-``mac.config.native_rollout_supported`` answers the same from an AgentConfig), else the reference.
+``backend="torch"`` is the pure-PyTorch reference twin of the native kernels (:mod:`mac.reference`,
+also the oracle of the tests and of :mod:`mac.selfcheck`; both sit below this module); ``"cpu"`` and
+``"cuda"`` are the fused native cores; ``"auto"`` picks the native CPU core for CPU tensors when it is
+available and can run the networks (on CUDA tensors the reference, see ``AUTO_USES_CUDA_KERNELS``)
+(see :func:`native_unsupported`; ``mac.config.native_rollout_supported`` answers the same from an
+AgentConfig), else the reference.
 
 Noise: give ``noise`` explicitly, or a ``seed`` (the shared Philox stream of :mod:`mac.noise`, the same
 numbers on every backend), or neither (the reference draws from torch's global generator; native
@@ -20,6 +21,9 @@ import torch
 from mac.config import CUDA_MAX_LAYERS
 from mac.nets import MLP, GaussianActor
 from mac.noise import check_seed, philox_normal
+# The reference backend (mac.reference), re-exported as part of the rollout API.
+from mac.reference import (best_of_n_reference, candidate_scores, candidates,  # noqa: F401
+                           imagine_reference, reward_and_mask, select_best)
 from mac.results import BestOfN, Rollout  # noqa: F401  (re-exported: part of the rollout API)
 
 BACKENDS = ("auto", "torch", "cpu", "cuda")
@@ -198,76 +202,6 @@ def _reference_noise(noise, seed, shape, states) -> torch.Tensor:
 def draw_seed(generator: torch.Generator | None = None) -> int:
     """A 63-bit seed from torch's (global or given) CPU generator."""
     return int(torch.randint(0, 2 ** 63 - 1, (), generator=generator, dtype=torch.int64))
-
-
-# ------------------------------------------------------------------------------------ reference
-
-def _concat(*parts):
-    return torch.cat([p for p in parts if p is not None], dim=-1)
-
-
-def select_best(scores: torch.Tensor) -> torch.Tensor:
-    """Argmax over dim 0 of (N, B) scores: ties go to the lowest index, NaN never wins (an all-NaN
-    column picks 0). torch.argmax returns the first maximal index, which gives the tie rule."""
-    ranked = torch.where(torch.isnan(scores), torch.full_like(scores, float("-inf")), scores)
-    return ranked.argmax(dim=0)
-
-
-def candidates(actor, states, goals, noise) -> torch.Tensor:
-    """Candidate chunks in [-1, 1] for standard normal ``noise`` (..., C): clip(actor([s, g, z]), -1, 1)
-    for the one-step actor; clip(tanh(mean + std z), -1, 1) for a GaussianActor (the authors'
-    ``dist.sample`` then ``jnp.clip``). states/goals broadcast to noise's leading dims by the caller."""
-    if isinstance(actor, GaussianActor):
-        return actor.sample(_concat(states, goals), noise).clamp(-1.0, 1.0)
-    return actor(_concat(states, goals, noise)).clamp(-1.0, 1.0)
-
-
-def candidate_scores(states, goals, actor, critic, noise):
-    """The N candidates (N, B, C) of every row and their critic values (N, B), in the inputs' dtype
-    (tests and checks use it in float64 to see how clear each argmax is). ``noise``: (N, B, C)."""
-    N = noise.shape[0]
-    s = states.unsqueeze(0).expand(N, -1, -1)
-    g = goals.unsqueeze(0).expand(N, -1, -1) if goals is not None else None
-    cands = candidates(actor, s, g, noise)
-    return cands, critic(_concat(s, g, cands)).squeeze(-1)
-
-
-def best_of_n_reference(states, goals, actor, critic, noise) -> BestOfN:
-    """Pure PyTorch best-of-N. ``noise``: (N, B, C)."""
-    cands, q = candidate_scores(states, goals, actor, critic, noise)      # (N, B, C), (N, B)
-    indices = select_best(q)                                              # (B,)
-    rows = torch.arange(states.shape[0], device=states.device)
-    return BestOfN(cands[indices, rows], q[indices, rows], indices)
-
-
-def reward_and_mask(states, goals, chunks, reward, success):
-    """The MAC reward/mask rule for one imagined step. Returns (rewards (B,), masks (B,))."""
-    if success is not None:
-        # sigmoid(logit) > 0.5  <=>  logit > 0 (and NaN is not a success), written so every backend agrees.
-        succeeded = (success(_concat(states, goals, chunks)).squeeze(-1) > 0).to(states.dtype)
-    else:
-        succeeded = torch.zeros(states.shape[0], dtype=states.dtype, device=states.device)
-    if reward is None:  # goal-conditioned: r = success - 1
-        return succeeded - 1.0, 1.0 - succeeded
-    return reward(_concat(states, goals, chunks)).squeeze(-1), 1.0 - succeeded
-
-
-def imagine_reference(states, goals, actor, critic, dynamics, reward, success, noise) -> Rollout:
-    """Pure PyTorch imagined rollout. ``noise``: (H, N, B, C)."""
-    H = noise.shape[0]
-    s = states
-    all_states, chunks, rewards, masks, qs = [s], [], [], [], []
-    for k in range(H):
-        choice = best_of_n_reference(s, goals, actor, critic, noise[k])
-        r, m = reward_and_mask(s, goals, choice.chunks, reward, success)
-        s = s + dynamics(_concat(s, choice.chunks))
-        all_states.append(s)
-        chunks.append(choice.chunks)
-        rewards.append(r)
-        masks.append(m)
-        qs.append(choice.scores)
-    return Rollout(torch.stack(all_states), torch.stack(chunks), torch.stack(rewards),
-                   torch.stack(masks), torch.stack(qs))
 
 
 # ------------------------------------------------------------------------------------ public API

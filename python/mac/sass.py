@@ -31,6 +31,7 @@ import sys
 from typing import Callable
 
 CUOBJDUMP_PIP_PACKAGE = "nvidia-cuda-cuobjdump"
+NVDISASM_PIP_PACKAGE = "nvidia-cuda-nvdisasm"   # `cuobjdump -sass` runs it
 
 # Instruction classes by base opcode (the mnemonic before the first '.').
 TENSOR_CORE_MMA = frozenset({
@@ -252,7 +253,17 @@ def cuda_module_path() -> str | None:
 
 
 def _cuobjdump(args: list[str], path: str) -> str:
-    result = subprocess.run([require_cuobjdump(), *args, path], capture_output=True, text=True, timeout=300)
+    # `-sass` runs nvdisasm, which cuobjdump looks for beside itself, on PATH or at NVDISASM_PATH:
+    # point it at ours wherever it is (a pip wheel's bin/ is on none of those).
+    env = dict(os.environ)
+    nvdisasm = find_cuda_tool("nvdisasm")
+    if nvdisasm is not None:
+        env["NVDISASM_PATH"] = os.path.dirname(nvdisasm)
+    elif "-sass" in args:
+        raise CuobjdumpMissing(f"`cuobjdump -sass` needs nvdisasm, which is not installed; install it with "
+                               f"`pip install {NVDISASM_PIP_PACKAGE}` (5 MB) or put the CUDA toolkit's bin on PATH")
+    result = subprocess.run([require_cuobjdump(), *args, path], capture_output=True, text=True, timeout=300,
+                            env=env)
     if result.returncode != 0:
         raise RuntimeError(f"cuobjdump {' '.join(args)} {path} failed: {result.stderr.strip()}")
     return result.stdout

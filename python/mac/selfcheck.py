@@ -11,7 +11,9 @@ pick is a legitimate rounding outcome), and rollouts are judged on their first s
 legitimately different pick, trajectories part).
 
 The same check guards ``backend="auto"`` where it may use the CUDA kernels
-(mac.rollout.AUTO_USES_CUDA_KERNELS): once per device and process, before first use.
+(mac.rollout.AUTO_USES_CUDA_KERNELS): once per device and process, before first use. So this module
+calls the native cores directly and takes its references from :mod:`mac.reference`: it sits below
+:mod:`mac.rollout`, never importing it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
+from mac import _cpu_core, _cuda_core
 from mac.nets import MLP
-from mac.rollout import best_of_n, best_of_n_reference, candidate_scores, imagine, imagine_reference
+from mac.reference import best_of_n_reference, candidate_scores, imagine_reference
 
 # name, kind, B, N, S, G, C, hidden, reward net, success net
 CASES = (
@@ -86,9 +89,9 @@ def check_case(backend: str, case, device, precision: str, seed: int = 0) -> Che
     dev = {k: (v.to(device) if v is not None else None) for k, v in nets.items()}
     s_d, g_d, z_d = s.to(device), (g.to(device) if g is not None else None), z.to(device)
     s64, g64, z64 = s.double(), (g.double() if g is not None else None), z.double()
+    core = _cpu_core if backend == "cpu" else _cuda_core
     if kind == "best_of_n":
-        nat = best_of_n(s_d, g_d, actor=dev["actor"], critic=dev["critic"], num_samples=N, noise=z_d[0],
-                        backend=backend)
+        nat = core.best_of_n(s_d, g_d, dev["actor"], dev["critic"], N, z_d[0], None)
         ref32 = best_of_n_reference(s, g, nets["actor"], nets["critic"], z[0])
         ref64 = best_of_n_reference(s64, g64, nets64["actor"], nets64["critic"], z64[0])
         outputs = {"chunks": (nat.chunks, ref32.chunks, ref64.chunks), "scores": (nat.scores, ref32.scores,
@@ -96,8 +99,7 @@ def check_case(backend: str, case, device, precision: str, seed: int = 0) -> Che
         picks = (nat.indices.cpu(), ref64.indices)
     else:
         order = ("actor", "critic", "dynamics", "reward", "success")
-        nat = imagine(s_d, g_d, **{k: dev[k] for k in order}, steps=H, num_samples=N, noise=z_d,
-                      backend=backend)
+        nat = core.imagine(s_d, g_d, *(dev[k] for k in order), H, N, z_d, None)
         ref32 = imagine_reference(s, g, *(nets[k] for k in order), z)
         ref64 = imagine_reference(s64, g64, *(nets64[k] for k in order), z64)
         if not all(bool(torch.isfinite(t).all()) for t in nat):

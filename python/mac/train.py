@@ -2,17 +2,19 @@
 
 Flag names follow the authors' command lines (``--env_name``, ``--offline_steps``,
 ``--agent.chunk_len=10`` ...). A run directory holds ``flags.json``, ``train.csv``, ``eval.csv``
-(append-only), ``checkpoints/ckpt_<step>.pt`` (atomic, last K kept) and optional TensorBoard and
+(appended to), ``checkpoints/ckpt_<step>.pt`` (atomic, last K kept) and optional TensorBoard and
 Weights & Biases (``--wandb``) files.
 
 Resume with ``mac train --restore_path RUN_DIR``: the agent settings come from the checkpoint, and
 every flag not given on the command line from the run's flags.json (its --offline_steps, intervals,
-seed, dataset ...); a flag given overrides, e.g. ``--offline_steps 20000`` to train further.
+seed, dataset ...); a flag given overrides, e.g. ``--offline_steps 20000`` to train further. The
+rows a crashed run logged after the checkpoint are dropped from train.csv and eval.csv (and hidden
+in TensorBoard): the resumed run logs those steps again, so every step appears once.
 
 Data-parallel: ``torchrun --nproc_per_node K -m mac train ...`` trains with K processes, each on its
 own batches of --agent.batch_size (effective batch K x batch_size, learning rate unchanged), gradients
 averaged every step. Rank 0 alone writes the run directory and evaluates; train.csv holds the mean of
-the K processes' losses. Resume with the same K (README, "Data-parallel training").
+the K processes' losses. Resume with the same K (docs/DISTRIBUTED.md).
 """
 
 from __future__ import annotations
@@ -30,18 +32,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mac.agent import MACAgent
+from mac.agent import MACAgent, fetch_floats
+from mac.batches import to_device
 from mac.checkpoint import (atomic_write_text, forked_rng, load_checkpoint, rng_state,
                             save_checkpoint, set_rng_state)
 from mac.config import (AgentConfig, agent_help, apply_agent_flags, fit_normalizers, preset,
                         sampler_options)
 from mac.console import show_progress
+from mac.cuda_matmul import CUDA_MATMUL_MODES, DEFAULT_CUDA_MATMUL, set_cuda_matmul
 from mac.diagnostics import Diagnostics
 from mac.data import ChunkSampler, DatasetError, load_offline_data, validate_env_name
 from mac.data.files import MAPPED_BUDGET_MB, find_dataset_files
 from mac.distributed import DEFAULT_TIMEOUT_S, DistContext, dataset_fingerprint, rank_label, rank_seed
 from mac.evaluate import Policy, evaluate, make_env
-from mac.logging_utils import CsvLog, Loggers, TensorBoard, WandbLog
+from mac.logging_utils import CsvLog, Loggers, TensorBoard, WandbLog, truncate_after_step
 from mac.threads import ThreadTuner
 
 DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
@@ -140,6 +144,10 @@ def add_arguments(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None
     p.add_argument("--wandb_mode", default=None, choices=["online", "offline", "disabled"],
                    help="default: wandb's own (WANDB_MODE, else online)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:k]")
+    p.add_argument("--cuda_matmul", default=DEFAULT_CUDA_MATMUL, choices=sorted(CUDA_MATMUL_MODES),
+                   help="float32 matmuls on a GPU: tf32 (tensor cores, float32 accumulation: what the "
+                        "authors' JAX code gets by default) or fp32 (full precision, ~8x slower); "
+                        "CPU matmuls are unaffected")
     p.add_argument("--threads", type=_threads_flag, default=0, metavar="auto|N",
                    help="torch/OpenMP threads per process. auto (or 0): up to torch's default (under "
                         "torchrun: the available cores / the processes on this node), the count chosen "
@@ -300,9 +308,22 @@ def ensure_dataset(args, spec) -> None:
                      workers=workers, seed=args.seed, progress=not args.no_progress)
 
 
-def _to_torch(batch: dict, device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v).to(device) for k, v in batch.items()
-            if v.dtype == np.float32}
+def make_sampler(cfg: AgentConfig, train_data, val_data, goal_conditioned: bool, *, seed,
+                 mapped_budget_mb: float | None = None) -> tuple[ChunkSampler, dict]:
+    """The training sampler and its keywords (normalisers included; the diagnostics' samplers take
+    the same): every data setting of ``cfg`` (chunk_len, discount, the goal mixture, chunk_reward,
+    reward_task_termination, normalize_obs) reaches the batches here."""
+    obs_norm, goal_norm = fit_normalizers(cfg, val_data, goal_conditioned)
+    sampler_kwargs = dict(obs_normalizer=obs_norm, goal_normalizer=goal_norm,
+                          goal_conditioned=goal_conditioned, **sampler_options(cfg),
+                          mapped_budget_mb=mapped_budget_mb)
+    sampler = ChunkSampler(train_data, cfg.chunk_len, cfg.discount, seed=seed, **sampler_kwargs)
+    return sampler, sampler_kwargs
+
+
+def training_batch(sampler: ChunkSampler, cfg: AgentConfig, device) -> dict[str, torch.Tensor]:
+    """The batch of one gradient step: ``cfg.batch_size`` chunks, as tensors on ``device``."""
+    return to_device(sampler.sample(cfg.batch_size), device)
 
 
 def _policy(agent, obs_norm, goal_norm) -> Policy:
@@ -337,6 +358,19 @@ def _wandb_log(args, run_dir: Path) -> WandbLog:
     config = json.loads(flags.read_text()) if flags.is_file() else {"args": vars(args)}
     return WandbLog(run_dir, project=args.wandb_project, group=args.wandb_group,
                     name=args.wandb_name, mode=args.wandb_mode, config=config)
+
+
+def _drop_rows_past(run_dir: Path, step: int, say) -> None:
+    """On resume from the checkpoint of ``step``: the run that stopped may have logged steps after it;
+    the resumed run logs them again, so they go (one line says what went)."""
+    dropped = []
+    for name in ("train.csv", "eval.csv"):
+        rows, torn = truncate_after_step(run_dir / name, step)
+        if rows:
+            dropped.append(f"{rows} from {name}" + (" (the last one torn by the kill)" if torn else ""))
+    if dropped:
+        say(f"[mac] dropped the log rows past step {step}, written after that checkpoint by the run "
+            f"that stopped: {', '.join(dropped)}", flush=True)
 
 
 def _check_world_size(resume: dict, ctx: DistContext) -> None:
@@ -383,6 +417,8 @@ def train(argv: list[str]) -> Path:
     max_threads = args.threads or ctx.default_threads() or torch.get_num_threads()
     torch.set_num_threads(max_threads)
     device = resolve_device(args.device, ctx)
+    if device.type == "cuda":
+        set_cuda_matmul(args.cuda_matmul)
     ctx.start(device, args.dist_timeout)
     try:
         return _train(args, cfg, spec, resume, argv, device, ctx, say)
@@ -409,12 +445,10 @@ def _train(args, cfg, spec, resume, argv, device, ctx: DistContext, say) -> Path
                       "checkpoint": None if resume is None else Path(resume["path"]).name},
                      hint=". Every process must read the same files: check --dataset_dir (and the "
                           "run directory, on resume) on every node")
-    obs_norm, goal_norm = fit_normalizers(cfg, val_data, spec.goal_conditioned)
-    sampler_kwargs = dict(obs_normalizer=obs_norm, goal_normalizer=goal_norm,
-                          goal_conditioned=spec.goal_conditioned, **sampler_options(cfg),
-                          mapped_budget_mb=args.mapped_budget_mb or None)
-    sampler = ChunkSampler(train_data, cfg.chunk_len, cfg.discount, seed=rank_seed(args.seed, ctx.rank),
-                           **sampler_kwargs)
+    sampler, sampler_kwargs = make_sampler(cfg, train_data, val_data, spec.goal_conditioned,
+                                           seed=rank_seed(args.seed, ctx.rank),
+                                           mapped_budget_mb=args.mapped_budget_mb or None)
+    obs_norm, goal_norm = sampler_kwargs["obs_normalizer"], sampler_kwargs["goal_normalizer"]
     # val/ losses, BC error and model error at every log step (rank 0 logs), off the training streams
     diagnostics = Diagnostics(cfg, train_data, val_data, seed=args.seed, device=device,
                               sampler_kwargs=sampler_kwargs) if ctx.is_main else None
@@ -439,9 +473,12 @@ def _train(args, cfg, spec, resume, argv, device, ctx: DistContext, say) -> Path
     ctx.broadcast_tensors(agent.state_dict().values())   # the same start everywhere, whatever happened
 
     if ctx.is_main:
+        if resume is not None:
+            _drop_rows_past(run_dir, start_step, say)   # before any row of the resumed run is written
         train_log, eval_log = CsvLog(run_dir / "train.csv"), CsvLog(run_dir / "eval.csv")
-        loggers = Loggers(TensorBoard(run_dir / "tb" if args.tensorboard else None),
-                          _wandb_log(args, run_dir) if args.wandb else None)
+        tensorboard = TensorBoard(run_dir / "tb" if args.tensorboard else None,
+                                  purge_step=start_step + 1 if resume is not None else None)
+        loggers = Loggers(tensorboard, _wandb_log(args, run_dir) if args.wandb else None)
     else:
         loggers = Loggers()
 
@@ -474,17 +511,20 @@ def _train(args, cfg, spec, resume, argv, device, ctx: DistContext, say) -> Path
     t0 = last_line = time.perf_counter()
     with _DeferredInterrupt() as interrupt:
         for step in bar:
-            batch = _to_torch(sampler.sample(cfg.batch_size), device)
+            batch = training_batch(sampler, cfg, device)
             threads = tuner.before_step() if tuner else args.threads
-            info = agent.update(batch)
+            info = agent.update(batch)              # 0-d tensors on the device, read at log steps only
             info["threads"] = threads
             if tuner and (probe := tuner.after_step(step)):
                 say(f"[mac] step {step}: {tuner.current} thread(s) from now on (median step time "
                     + ", ".join(f"{t * 1e3:.0f} ms with {n}" for n, t in probe.items()) + ")", flush=True)
+            log_step = step % args.log_interval == 0
+            if log_step:  # one transfer to the host; its wait for the queued GPU work is training time
+                info = fetch_floats(info)
             now = time.perf_counter()
             elapsed += now - t0
             t0 = now
-            if step % args.log_interval == 0:
+            if log_step:
                 info = ctx.mean_over_ranks(info)
                 if ctx.is_main:
                     info.update(diagnostics.compute(agent, batch, step))

@@ -54,7 +54,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from mac.console import show_progress, silence_harmless_warnings
-from mac.data.names import parse_env_name, validate_env_name
+from mac.data.names import MANIPULATION_TYPES, MAZE_TYPES, parse_env_name, validate_env_name
 
 silence_harmless_warnings()  # here too for the spawned worker processes, which import this module
 
@@ -111,8 +111,6 @@ class DatasetSpec:
         return self.family in ("puzzle", "scene")
 
 
-_MANIP_TYPES = ("play", "noisy")
-_MAZE_TYPES = ("navigate", "stitch")
 _CUBE_SIZES = ("single", "double", "triple", "quadruple", "octuple")
 _PUZZLE_SIZES = ("3x3", "4x4", "4x5", "4x6")
 _MAZE_SIZES = ("medium", "large", "giant", "teleport")
@@ -131,26 +129,15 @@ _OFFICIAL_EPISODES = {
 }
 
 
-def dataset_types(env: str) -> tuple[str, ...] | None:
-    """The OGBench dataset types of an environment (``'cube-single'``, ``'visual-puzzle-3x3'``,
-    ``'pointmaze-medium'``, ...), or None for the families this module does not know."""
-    family = env.removeprefix("visual-").split("-")[0]
-    if family in ("cube", "scene", "puzzle"):
-        return _MANIP_TYPES
-    if family == "pointmaze":
-        return _MAZE_TYPES
-    return None
-
-
 def _list_supported() -> list[str]:
     names = []
     for size in _CUBE_SIZES:
-        names += [f"cube-{size}-{t}-v0" for t in _MANIP_TYPES]
-    names += [f"scene-{t}-v0" for t in _MANIP_TYPES]
+        names += [f"cube-{size}-{t}-v0" for t in MANIPULATION_TYPES]
+    names += [f"scene-{t}-v0" for t in MANIPULATION_TYPES]
     for size in _PUZZLE_SIZES:
-        names += [f"puzzle-{size}-{t}-v0" for t in _MANIP_TYPES]
+        names += [f"puzzle-{size}-{t}-v0" for t in MANIPULATION_TYPES]
     for size in _MAZE_SIZES:
-        names += [f"pointmaze-{size}-{t}-v0" for t in _MAZE_TYPES]
+        names += [f"pointmaze-{size}-{t}-v0" for t in MAZE_TYPES]
     return names
 
 
@@ -231,9 +218,9 @@ def resolve_dataset(env_name: str) -> DatasetSpec:
         raise _unsupported(name, f"unknown environment family {family!r}")
 
     if family == "pointmaze":
-        if dataset_type not in _MAZE_TYPES:
+        if dataset_type not in MAZE_TYPES:
             raise _unsupported(
-                name, f"pointmaze datasets are of type {'/'.join(_MAZE_TYPES)}, got {dataset_type!r}"
+                name, f"pointmaze datasets are of type {'/'.join(MAZE_TYPES)}, got {dataset_type!r}"
             )
         if dataset_type == "navigate":
             giant = env_parts[1] == "giant"
@@ -253,9 +240,9 @@ def resolve_dataset(env_name: str) -> DatasetSpec:
             p_random_action=0.0,
         )
 
-    if dataset_type not in _MANIP_TYPES:
+    if dataset_type not in MANIPULATION_TYPES:
         raise _unsupported(
-            name, f"manipulation datasets are of type {'/'.join(_MANIP_TYPES)}, got {dataset_type!r}"
+            name, f"manipulation datasets are of type {'/'.join(MANIPULATION_TYPES)}, got {dataset_type!r}"
         )
     noisy = dataset_type == "noisy"
     if noisy:

@@ -19,6 +19,10 @@ from dataclasses import dataclass
 
 _VERSION = re.compile(r"^v\d+$")
 
+# OGBench dataset types per family (the datasets mac.data.generate can make).
+MANIPULATION_TYPES = ("play", "noisy")   # cube, scene, puzzle
+MAZE_TYPES = ("navigate", "stitch")      # pointmaze
+
 
 @dataclass(frozen=True)
 class EnvSpec:
@@ -93,13 +97,22 @@ def _split_env_id(env_id: str) -> tuple[list[str], list[str], str]:
     return parts[:-1], [], parts[-1]
 
 
+def dataset_types(env: str) -> tuple[str, ...] | None:
+    """The OGBench dataset types of an environment (``'cube-single'``, ``'visual-puzzle-3x3'``,
+    ``'pointmaze-medium'``, ...), or None for the families this package does not know."""
+    family = env.removeprefix("visual-").split("-")[0]
+    if family in ("cube", "scene", "puzzle"):
+        return MANIPULATION_TYPES
+    if family == "pointmaze":
+        return MAZE_TYPES
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def valid_env_names() -> tuple[str, ...]:
-    """Every ``--env_name`` whose dataset types this package knows (mac.data.generate), built from
+    """Every ``--env_name`` whose dataset types this package knows (:func:`dataset_types`), built from
     ogbench's registered env ids: ``<env>-<type>-v0``, ``<env>-<type>-oraclerep-v0`` and
     ``<env>-<type>-singletask[-taskN]-v0``; each maps back to its env id with :func:`parse_env_name`."""
-    from mac.data.generate import dataset_types
-
     names = set()
     for env_id in ogbench_env_ids():
         env, variant, version = _split_env_id(env_id)
@@ -142,8 +155,6 @@ def validate_env_name(name: str) -> EnvSpec:
     if spec.env_id not in ogbench_env_ids():
         raise UnknownEnvError(f"unknown OGBench environment {name!r}: ogbench registers no environment "
                               f"{spec.env_id!r}{_suggest(name)}")
-    from mac.data.generate import dataset_types
-
     parts = spec.dataset_name.split("-")
     env, dataset_type = "-".join(parts[:-2]), parts[-2]
     types = dataset_types(env)
