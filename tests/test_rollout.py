@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from mac.nets import MLP
 from mac.noise import philox_normal
+from mac.reference import reward_and_mask
 from mac.rollout import (best_of_n, best_of_n_reference, imagine, imagine_reference,
                          select_best)
 
@@ -181,3 +182,46 @@ def test_the_native_modules_depend_one_way():
             "assert 'mac.rollout' not in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------ reference details
+# Pinned against mutants of mac.reference that survived the tests above (docs/TESTING.md).
+
+def _zero_net(in_dim, out_dim):
+    net = MLP(in_dim, out_dim, (8,))
+    torch.nn.init.zeros_(net.layers[-1].weight)
+    torch.nn.init.zeros_(net.layers[-1].bias)
+    return net
+
+
+def test_a_success_logit_of_exactly_zero_is_not_a_success():
+    """sigmoid(0) = 0.5 is not > 0.5: reward -1 and mask 1 on goal tasks."""
+    torch.manual_seed(0)
+    B = 6
+    states, goals, chunks = torch.randn(B, S), torch.randn(B, G), torch.rand(B, C)
+    r, m = reward_and_mask(states, goals, chunks, None, _zero_net(S + G + C, 1))
+    torch.testing.assert_close(r, torch.full((B,), -1.0))
+    torch.testing.assert_close(m, torch.ones(B))
+
+
+def test_float64_rollouts_without_a_success_net_stay_float64():
+    """Reward task, no success net: masks are ones of the states' dtype and batch size (S != B)."""
+    torch.manual_seed(0)
+    n = {k: v.double() if v is not None else None for k, v in nets(goal_dim=0).items()}
+    B, H, N = 7, 2, 3
+    ro = imagine_reference(torch.randn(B, S, dtype=torch.float64), None, n["actor"], n["critic"],
+                           n["dynamics"], n["reward"], None, torch.randn(H, N, B, C, dtype=torch.float64))
+    assert ro.masks.dtype == ro.rewards.dtype == torch.float64
+    torch.testing.assert_close(ro.masks, torch.ones(H, B, dtype=torch.float64))
+
+
+def test_reference_noise_from_torch_generator_has_the_states_dtype():
+    torch.manual_seed(0)
+    n = {k: v.double() if v is not None else None for k, v in nets().items()}
+    states, goals = torch.randn(4, S, dtype=torch.float64), torch.randn(4, G, dtype=torch.float64)
+    torch.manual_seed(5)
+    got = best_of_n(states, goals, actor=n["actor"], critic=n["critic"], num_samples=3, backend="torch")
+    torch.manual_seed(5)
+    noise = torch.randn(3, 4, C, dtype=torch.float64)
+    want = best_of_n_reference(states, goals, n["actor"], n["critic"], noise)
+    torch.testing.assert_close(got.chunks, want.chunks, rtol=0, atol=0)

@@ -6,8 +6,9 @@ Prints, per module, the mutants and their outcomes and the score
 
 where "equivalent" are the survivors judged not to change behaviour: those that only change the text
 of an error or warning message (detected here from the code, see ``message_only``), and those listed
-in tools/mutation_equivalents.toml with the reason. rollout.py is split into its reference twin (the
-pure PyTorch best-of-N and rollout, the tests' oracle) and the rest (validation, native dispatch).
+in tools/mutation_equivalents.toml with the reason. The reference twin (mac.reference plus
+rollout.py's reference noise draw) is scored as one group; the rest of rollout.py (validation, native
+dispatch) as another.
 Writes every survivor's diff to survivors.txt beside mutants/.
 """
 
@@ -27,16 +28,20 @@ from mutmut.utils.format_utils import mangled_name_from_mutant_name
 import libcst as cst
 
 TOOLS = Path(__file__).resolve().parent
-REFERENCE_TWIN = {"_concat", "select_best", "candidates", "candidate_scores", "best_of_n_reference",
-                  "reward_and_mask", "imagine_reference", "_reference_noise"}
+# The reference twin: the pure PyTorch best-of-N and rollout (mac.reference, the tests' oracle) and
+# the reference path's noise draw, which stayed in rollout.py beside the other backends' seeding.
+TWIN = "reference twin (mac.reference, rollout._reference_noise)"
+TWIN_IN_ROLLOUT = {"_reference_noise"}
 TARGET = 0.90
-TARGETED = ("mac.agent", "mac.data.sampler", "mac.rollout (reference twin)")
+TARGETED = ("mac.agent", "mac.data.sampler", TWIN)
 
 
 def group_of(module: str, function: str) -> str:
+    if module == "mac.reference":
+        return TWIN
     if module == "mac.rollout":
         name = function.rpartition("ǁ")[2] if "ǁ" in function else function.removeprefix("x_")
-        return "mac.rollout (reference twin)" if name in REFERENCE_TWIN else "mac.rollout (validation, dispatch)"
+        return TWIN if name in TWIN_IN_ROLLOUT else "mac.rollout (validation, dispatch)"
     return module
 
 
@@ -110,6 +115,48 @@ def message_only(orig: str, mutant: str) -> bool:
     return bool(diffs) and all(_message_only_difference(kind, path) for kind, path in diffs)
 
 
+def _keyword_names(node) -> set[str]:
+    return {k.arg for k in node} if isinstance(node, list) else set()
+
+
+def device_only(orig: str, mutant: str) -> bool:
+    """Whether the mutant differs from the original only in a ``device=`` keyword argument: its value
+    changed (to None) or the keyword dropped. Every tensor of a run without an accelerator is on the
+    CPU, the default device, so such a mutant cannot change a CPU-only run: the GPU tests kill it where
+    a GPU is present. Reported in a column of its own, out of the score of a CPU-only run."""
+    try:
+        a, b = ast.parse(orig), ast.parse(mutant)
+    except SyntaxError:
+        return False
+    diffs = _differences(a, b)
+
+    if not diffs:
+        return False
+    for kind, path in diffs:
+        if kind == "length":
+            node, field, _ = path[-1]
+            if field != "keywords":
+                return False
+            mutant_node = _follow(b, path)
+            if mutant_node is None or _keyword_names(node.keywords) - _keyword_names(mutant_node.keywords) != {"device"}:
+                return False
+        elif not any(isinstance(n, ast.keyword) and n.arg == "device" for n, _, _ in path):
+            return False
+    return True
+
+
+def _follow(tree, path):
+    """The node of ``tree`` at ``path`` (a path into the other tree of the same shape)."""
+    node = tree
+    for _, field, index in path[:-1]:
+        node = getattr(node, field, None)
+        if index is not None:
+            node = node[index] if isinstance(node, list) and index < len(node) else None
+        if node is None:
+            return None
+    return node
+
+
 def function_sources(name: str, path: Path) -> tuple[str, str]:
     functions = read_functions_from_index(name, path)
     if functions is None:
@@ -130,6 +177,14 @@ def changed_lines(diff: str) -> tuple[str, str]:
     plus = "\n".join(line[1:].strip() for line in diff.splitlines()
                      if line.startswith("+") and not line.startswith("+++"))
     return minus, plus
+
+
+def _matches(entry: dict, plus: str) -> bool:
+    """An entry names its mutant by the mutated line (``mutated``) or, for a family of mutants with one
+    reason (e.g. every mutation of one no-op on the CPU), by a part of it (``mutated_contains``)."""
+    if "mutated" in entry:
+        return entry["mutated"].strip() == plus
+    return entry["mutated_contains"] in plus
 
 
 def load_listed() -> list[dict]:
@@ -160,7 +215,8 @@ def main() -> int:
             group = group_of(module, function)
             status = status_by_exit_code[code]
             rows[group]["mutants"] += 1
-            if status in ("killed", "timeout", "caught by type check"):
+            # a segfault is a test process that crashed under the mutant: the tests noticed
+            if status in ("killed", "timeout", "caught by type check", "segfault"):
                 rows[group]["killed" if status != "timeout" else "timeout"] += 1
                 continue
             rows[group][status] += 1
@@ -168,19 +224,21 @@ def main() -> int:
                 continue
             diff = get_diff_for_mutant(name, path=path)
             minus, plus = changed_lines(diff)
-            why = None
-            if message_only(*function_sources(name, path)):
-                why = "only the text of an error/warning message"
+            why, kind = None, None
+            sources = function_sources(name, path)
+            if message_only(*sources):
+                why, kind = "only the text of an error/warning message", "message text"
+            elif device_only(*sources):
+                why, kind = "only a device= argument (every tensor of a CPU-only run is on the CPU)", "device"
             else:
                 for i, e in enumerate(listed):
-                    if e["function"] == f"{module}.{function}" and e["mutated"].strip() == plus:
-                        why = e["why"]
+                    if e["function"] == f"{module}.{function}" and _matches(e, plus):
+                        why, kind = e["why"], "listed"
                         used[i] += 1
                         break
             if why is not None:
                 rows[group]["equivalent"] += 1
-                rows[group]["equivalent: message text" if why.startswith("only the text") else
-                            "equivalent: listed"] += 1
+                rows[group][f"equivalent: {kind}"] += 1
             else:
                 left[group].append((name, status, minus, plus))
             survivors_out.append(f"# {name}: {status}" + (f" -- EQUIVALENT: {why}" if why else "") + f"\n{diff}\n")
@@ -198,7 +256,8 @@ def main() -> int:
     print("-" * len(head))
     print(_row("all", total))
     print("score = (killed + timeout) / (mutants - equivalent); equivalent = message text "
-          f"{total['equivalent: message text']}, listed in tools/mutation_equivalents.toml "
+          f"{total['equivalent: message text']}, device-only {total['equivalent: device']} (killed only "
+          "where the GPU tests run), listed in tools/mutation_equivalents.toml with the reason "
           f"{total['equivalent: listed']}")
     for group in TARGETED:
         r = rows.get(group)
@@ -211,7 +270,7 @@ def main() -> int:
         print(f"\n{len(stale)} entries of tools/mutation_equivalents.toml match no survivor (killed now, or "
               "the code changed):")
         for e in stale:
-            print(f"  {e['function']}: {e['mutated']}")
+            print(f"  {e['function']}: {e.get('mutated', e.get('mutated_contains'))}")
     print("\nnon-equivalent survivors (diffs of all survivors: build/mutation/survivors.txt;"
           " `tools/mutation.sh mutmut show NAME`):")
     for group in sorted(left):

@@ -194,15 +194,15 @@ class MACAgent(torch.nn.Module):
             num_samples=num_samples or self.num_candidates(train=True),
             backend=backend or cfg.rollout_backend)
 
+    @torch.no_grad()
     def _v(self, net: MLP, states: torch.Tensor, goals: torch.Tensor | None) -> torch.Tensor:
-        """The value of ``net`` (value or target) as a number: the head, or sigmoid(head) with
-        value_loss=bce. states (..., S), goals (B, G) broadcast over leading dims."""
+        """The value of ``net`` (value or target) as a number, for targets (no gradient): the head, or
+        sigmoid(head) with value_loss=bce. states (..., S), goals (B, G) broadcast over leading dims."""
         if goals is not None and states.dim() == 3:
             goals = goals.unsqueeze(0).expand(states.shape[0], -1, -1)
         inp = self._cat(states, goals)
         # Targets carry no gradient: the native core may run them, as the rollout.
-        out = (net(inp) if torch.is_grad_enabled() else
-               rollout_api.mlp_forward(net, inp, self.config.rollout_backend)).squeeze(-1)
+        out = rollout_api.mlp_forward(net, inp, self.config.rollout_backend).squeeze(-1)
         return torch.sigmoid(out) if self.config.value_loss == "bce" else out
 
     def _regression(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

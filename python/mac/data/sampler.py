@@ -207,7 +207,7 @@ class ChunkSampler:
         else:
             r = self._reward_windows[t]                                        # (B, h)
             if self.chunk_reward == "sum":
-                batch["rewards"] = r @ self.reward_weights
+                batch["rewards"] = np.asarray(r @ self.reward_weights, np.float32)
             else:  # the authors' np.mean(rewards * discount ** arange(h)), in float64 as theirs
                 batch["rewards"] = np.mean(r * self.discount ** np.arange(h, dtype=np.float64),
                                            axis=1).astype(np.float32)
