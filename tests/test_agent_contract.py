@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mac import agent as agent_module
+from mac import _native, agent as agent_module
 from mac.agent import MACAgent, discounted_returns, euler_flow, fetch_floats
 from mac.nets import MLP
 from test_agent import A, S, batch, tiny_config
@@ -138,6 +138,8 @@ def test_adam_switches_to_fused_on_a_fused_device_and_back(monkeypatch):
     assert all(float(agent.optimizer.state[p]["step"]) == 3.0 for g in groups for p in g["params"])
 
 
+@pytest.mark.skipif(not _native.cpu_backend_ready(torch.zeros(1)),
+                    reason="the native CPU core (mac._C) is not built")
 @pytest.mark.parametrize("extraction", ["rejection", "q_gradient"])
 def test_the_distillation_teacher_runs_on_the_configured_rollout_engine(counting, extraction):
     """With rollout_backend=cpu the K teacher passes go to the rollout engine (the spy: torch numbers),
