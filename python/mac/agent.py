@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from mac import rollout as rollout_api
+from mac import precision as precision_api, rollout as rollout_api
 from mac.config import AgentConfig
 from mac.nets import MLP, GaussianActor
 
@@ -271,7 +271,8 @@ class MACAgent(torch.nn.Module):
         """One gradient step on all networks; returns the losses and rollout statistics as
         :meth:`losses` does (0-d tensors: :func:`fetch_floats` reads them). Nothing here waits for
         the device (tests/test_host_sync.py), so on a GPU the host queues the next step meanwhile."""
-        total, out = self.losses(batch)
+        with self._autocast():
+            total, out = self.losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.gradient_hook is not None:
@@ -281,6 +282,12 @@ class MACAgent(torch.nn.Module):
         self._match_adam_to_device()
         self.optimizer.step()
         return out
+
+    def _autocast(self):
+        """bf16 autocast of the differentiable part where the run's precision (mac.precision) is bf16;
+        parameters, optimiser state, LayerNorm statistics and losses stay float32."""
+        device = self.optimizer.param_groups[0]["params"][0].device
+        return precision_api.autocast(precision_api.resolve(None, device), device)
 
     def _match_adam_to_device(self) -> None:
         """Fused Adam while the parameters are on one of FUSED_ADAM_DEVICES, torch's default
@@ -302,7 +309,8 @@ class MACAgent(torch.nn.Module):
     def eval_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """The values :meth:`update` logs, on ``batch``, as floats, without a gradient step (the
         authors' ``total_loss(val_batch, grad_params=None)``); draws from torch's RNG like a step."""
-        return fetch_floats(self.losses(batch)[1])
+        with self._autocast():
+            return fetch_floats(self.losses(batch)[1])
 
     @torch.no_grad()
     def bc_error(self, batch: dict[str, torch.Tensor]) -> float:

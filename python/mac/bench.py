@@ -43,7 +43,8 @@ CASES = {
     "tiny": ("imagine", 64, 2, 8, 10, 20, (64,) * 2),
 }
 DEFAULT_CASES = ("paper-s28", "paper-s55", "cpu-preset", "eval-b1", "eval-b64")
-BACKENDS = ("native", "native-bf16", "eager", "compile")
+BACKENDS = ("native", "native-bf16", "eager", "eager-bf16", "compile")
+BF16_TWIN = {"native": "native-bf16", "eager": "eager-bf16"}   # --precision bf16: each backend's bf16 row
 DEFAULT_BACKENDS = ("native", "eager", "compile")
 
 
@@ -56,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="native-bf16: the opt-in bfloat16 mode (AVX512-BF16 CPUs); its note gives the "
                              "argmax agreement with float32 (best-of-N: chosen indices; rollouts: the "
                              "chunks chosen at step 0, from the same start states)")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "bf16"),
+                        help="fp32 and/or bf16: bf16 adds each backend's bf16 row (native-bf16: the native "
+                             "core's AVX512-BF16 mode; eager-bf16: the reference under torch.autocast(bfloat16)), "
+                             "with its speed-up over the same backend in float32 and the bf16 peak")
     parser.add_argument("--batch", type=int, default=None, help="override B of every rollout case")
     parser.add_argument("--steps", type=int, default=None, help="override H of every rollout case")
     parser.add_argument("--repeats", type=int, default=None,
@@ -157,6 +162,13 @@ def _runner(backend, kind, nets, states, noise, H, N, seed, compile_mode):
                                                seed, bf16=True)
         return lambda: _cpu_core.imagine(states, None, nets["actor"], nets["critic"], nets["dynamics"],
                                          nets["reward"], nets["success"], H, N, None, seed, bf16=True)
+    if backend == "eager-bf16":
+        fp32 = _runner("eager", kind, nets, states, noise, H, N, seed, compile_mode)
+
+        def bf16():
+            with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+                return fp32()
+        return bf16
     mode = None if compile_mode == "default" else compile_mode
     if kind == "best_of_n":
         ref = R.best_of_n_reference
@@ -395,6 +407,30 @@ def _cpu_clock() -> tuple[float | None, str]:
     return None, "unknown (no cpufreq, no 'cpu MHz' in /proc/cpuinfo)"
 
 
+def precision_backends(backends, precisions) -> list[str]:
+    """The backends to time for ``precisions``: the fp32 ones as given (if fp32 is asked for), each
+    followed by its bf16 twin (if bf16 is); a backend without a twin (compile) runs in fp32 only."""
+    out = []
+    for b in backends:
+        if "fp32" in precisions or b not in BF16_TWIN:
+            out.append(b)
+        if "bf16" in precisions and b in BF16_TWIN:
+            out.append(BF16_TWIN[b])
+    return list(dict.fromkeys(out))
+
+
+def bf16_peak(theory: dict) -> tuple[float | None, str]:
+    """The bf16 matrix unit's peak beside the float32 one: AVX512-BF16's vdpbf16ps does two
+    multiply-adds per 32-bit lane where an FMA does one, at the FMA's rate (assumed) -> 2x the fp32
+    peak; AMX tiles are not used by the native core (its bf16 mode runs vdpbf16ps there too)."""
+    from mac.precision import cpu_bf16_unit
+
+    unit = cpu_bf16_unit()
+    if unit is None or theory["gflops"] is None:
+        return None, "no bf16 unit" if unit is None else "clock unknown"
+    return 2 * theory["gflops"], f"{unit}: 2 MACs per 32-bit lane per vdpbf16ps, 2x the FMA peak (assumed)"
+
+
 def theoretical_peak(threads: int, isa: str) -> dict:
     """Float32 peak of ``threads`` threads: cores x clock x FLOP/cycle, FLOP/cycle = lanes of the ISA
     copy x 2 (an FMA is 2 FLOPs) x FMA_PIPES. An upper bound: cores are physical cores (SMT
@@ -439,6 +475,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)
     _cpu_core.set_num_threads(threads)
     cases = sorted(CASES) if "all" in args.cases else list(dict.fromkeys(args.cases))
+    args.backends = precision_backends(args.backends, getattr(args, "precision", ["fp32"]))
     peak = gemm_peak(threads)
     print(f"FMA peak (native micro-kernel, in cache, {threads} threads): {peak['micro_kernel']:.1f} "
           f"GFLOP/s; torch.mm 1024x1024: {peak['torch_mm']:.1f} GFLOP/s; {_theory_line(peak)}",
@@ -470,6 +507,9 @@ def run(args: argparse.Namespace) -> int:
                 secs, n = _time(fn, args.repeats, args.budget)
                 if backend == "native-bf16":
                     note = f"argmax agreement with float32 {100 * _agreement(kind, nets, states, H, N, args.seed):.1f}%"
+                fp32_row = next((r for r in rows if r.case == name and BF16_TWIN.get(r.backend) == backend), None)
+                if fp32_row is not None and fp32_row.seconds:
+                    note = ", ".join(x for x in (f"{fp32_row.seconds / secs:.2f}x its float32 speed", note) if x)
                 if backend == "native":
                     note = agreed
                 note = ", ".join(x for x in (note, f"n={n}") if x)
@@ -482,7 +522,8 @@ def run(args: argparse.Namespace) -> int:
                   f"  {r.note}", file=sys.stderr)
     md = _markdown(rows, shapes, peak, threads, ext)
     if getattr(args, "train_step", "none") != "none":
-        md += "\n" + train_step_table(args.train_step, args.train_repeats, args.seed)
+        md += "\n" + train_step_table(args.train_step, args.train_repeats, args.seed,
+                                      getattr(args, "precision", ["fp32"]))
     print(md)
     if args.output:
         with open(args.output, "w") as f:
@@ -512,13 +553,20 @@ def time_train_steps(cfg, backends, repeats: int, warmup: int, seed: int, device
     from mac.agent import MACAgent
     from mac.bench_timing import time_interleaved
 
+    from mac.precision import precision_mode
+
     batch = random_train_batch(cfg.batch_size, cfg.chunk_len * TRAIN_ACTION_DIM, seed, device)
     steps = {}
-    for backend in backends:
+    for key in backends:          # "cpu", "torch", or with "-bf16": that backend at --precision bf16
+        backend, _, precision = key.partition("-")
         torch.manual_seed(seed)
         agent = MACAgent(TRAIN_OBS_DIM, TRAIN_ACTION_DIM, 0,
                          dataclasses.replace(cfg, rollout_backend=backend)).to(device)
-        steps[backend] = lambda agent=agent: agent.update(batch)
+
+        def step(agent=agent, precision=precision or "fp32"):
+            with precision_mode(precision):
+                return agent.update(batch)
+        steps[key] = step
     return time_interleaved(steps, repeats, warmup, device)
 
 
@@ -528,21 +576,24 @@ def train_step_shape(preset_name: str, cfg) -> str:
             f"S={TRAIN_OBS_DIM}, {len(cfg.hidden_dims)}x{cfg.hidden_dims[0]} networks")
 
 
-def train_step_table(preset_name: str, repeats: int, seed: int) -> str:
-    """Median time of one ``MACAgent.update`` with each rollout backend, interleaved in one run."""
+def train_step_table(preset_name: str, repeats: int, seed: int, precisions=("fp32",)) -> str:
+    """Median time of one ``MACAgent.update`` with each rollout backend (and, with bf16 in
+    ``precisions``, each at --precision bf16), interleaved in one run."""
     from mac.config import preset
 
     cfg = preset(preset_name)
-    med = {k: t.median for k, t in time_train_steps(cfg, ("cpu", "torch"), repeats, 1, seed).items()}
+    keys = ["cpu", "torch"] + (["cpu-bf16", "torch-bf16"] if "bf16" in precisions else [])
+    med = {k: t.median for k, t in time_train_steps(cfg, keys, repeats, 1, seed).items()}
+    names = {"cpu": "native (cpu), fp32", "torch": "torch eager, fp32",
+             "cpu-bf16": "native (cpu), bf16", "torch-bf16": "torch eager, bf16"}
+    ratio = {k: "" if k == "cpu" else f"{med[k] / med['cpu']:.2f}x" for k in keys}
+    rows = [f"| {names[k]} | {med[k]:.1f} ms | {ratio[k]} |" for k in keys]
     return "\n".join([
         f"One training step (`agent.update`, {train_step_shape(preset_name, cfg)}), median of {repeats}, "
-        f"interleaved:",
+        f"interleaved; bf16 = `--precision bf16` (autocast + the native core's bf16 mode):",
         "",
-        "| rollout backend | median step time | speed-up of the native rollout |",
-        "|---|---|---|",
-        f"| native (cpu) | {med['cpu']:.1f} ms | |",
-        f"| torch eager | {med['torch']:.1f} ms | {med['torch'] / med['cpu']:.2f}x |",
-        ""])
+        "| rollout backend, precision | median step time | time / native fp32 |",
+        "|---|---|---|", *rows, ""])
 
 
 def cpu_model_name() -> str:
@@ -588,6 +639,8 @@ def _markdown(rows, shapes, peak, threads, ext) -> str:
             t = f"{r.seconds * 1e3:.1f} ms" if r.seconds < 10 else f"{r.seconds:.2f} s"
             pct = 100.0 * r.gflops / peak["micro_kernel"]
             theory = peak["theoretical"]["gflops"]
+            if backend.endswith("-bf16"):
+                theory = bf16_peak(peak["theoretical"])[0]
             pct_t = f"{100.0 * r.gflops / theory:.0f}%" if theory else "—"
             speed = ""
             if backend != "native" and nat is not None and nat.seconds:
@@ -598,6 +651,11 @@ def _markdown(rows, shapes, peak, threads, ext) -> str:
     out.append("native speed-up = backend time / native (float32) time, same case, same run; "
                "native-bf16 rows: < 1 means bf16 is faster. GFLOP/s count the float32-equivalent "
                "multiply-adds (2 per MAC).")
+    if any(r.backend.endswith("-bf16") for r in rows):
+        value, how = bf16_peak(peak["theoretical"])
+        out.append("")
+        out.append(f"bf16 rows: % of theoretical peak against the bf16 peak, "
+                   f"{_fmt(value, '.1f')} GFLOP/s ({how}).")
     return "\n".join(out) + "\n"
 
 

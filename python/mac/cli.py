@@ -23,6 +23,8 @@ def _info(argv) -> int:
     import mac
     from mac._native import format_info
     d = mac.info(kernels=args.kernels)
+    from mac import precision
+    d["precision"] = precision.describe()     # above mac._native, which mac.precision asks
     print(json.dumps(d, indent=2, default=str) if args.json else format_info(d))
     if not args.check:
         return 0

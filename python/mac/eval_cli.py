@@ -25,8 +25,17 @@ def main(argv) -> int:
     p.add_argument("--num_samples", type=int, default=None,
                    help="best-of-N at evaluation (default: the config's, or the policy file's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                   help="best-of-N arithmetic: fp32, or bf16 operands with float32 accumulation "
+                        "(AVX512-BF16 CPUs); auto: fp32 until bf16 is measured not to hurt (mac.precision)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
+    from mac import precision as precision_api
+    try:
+        precision_api.set_precision(precision_api.resolve(args.precision, "cpu"))
+    except ValueError as exc:
+        print(f"mac eval: error: --precision {args.precision}: {exc}", file=sys.stderr)
+        return 2
     from mac.evaluate import evaluate
     from mac.export import from_checkpoint, load_policy_file, with_acting
     try:
@@ -39,7 +48,8 @@ def main(argv) -> int:
     torch.manual_seed(args.seed)
     res = evaluate(src.spec, policy, args.eval_episodes, seed=args.seed, workers=args.eval_workers,
                    video_episodes=args.video_episodes, video_path=video, progress=True)
-    res.update(src.about, action_execute=policy.action_execute, num_samples=policy.num_samples)
+    res.update(src.about, action_execute=policy.action_execute, num_samples=policy.num_samples,
+               precision=precision_api.get_precision())
     if args.video_episodes:
         res["video"] = str(video)
     print(json.dumps(res, indent=2) if args.json else

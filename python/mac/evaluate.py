@@ -77,9 +77,12 @@ def _episode_list(spec: EnvSpec, num_episodes: int, seed: int) -> list[tuple[int
             for j, task in enumerate(tasks) for i in range(num_episodes)]
 
 
-def _run_block(spec_name, policy_state, episodes):
-    """Worker: rebuild the policy from plain state and run some episodes."""
+def _run_block(spec_name, policy_state, episodes, precision="fp32"):
+    """Worker: rebuild the policy from plain state and run some episodes (at the parent's precision:
+    a spawned process starts from the default)."""
     torch.set_num_threads(1)
+    from mac.precision import set_precision
+    set_precision(precision)
     from mac.data.names import parse_env_name
     policy = policy_from_state(policy_state)
     env = make_env(parse_env_name(spec_name))
@@ -155,7 +158,9 @@ def _evaluate(spec, policy, num_episodes, seed, workers, video_episodes, video_p
         import signal
         with mp.get_context("spawn").Pool(workers, initializer=signal.signal,
                                           initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
-            for part in pool.starmap(_run_block, [(spec.name, state, b) for b in blocks if b]):
+            from mac.precision import get_precision
+            jobs = [(spec.name, state, b, get_precision()) for b in blocks if b]
+            for part in pool.starmap(_run_block, jobs):
                 results.extend(part)
     elif episodes:
         env = make_env(spec)

@@ -18,6 +18,7 @@ import os
 
 import torch
 
+from mac import precision as precision_api
 from mac.config import CUDA_MAX_LAYERS
 from mac.nets import MLP, GaussianActor
 from mac.noise import check_seed, philox_normal
@@ -208,7 +209,7 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
 
 @torch.no_grad()
 def best_of_n(states, goals=None, *, actor, critic, num_samples, noise=None, seed=None,
-              backend="auto") -> BestOfN:
+              backend="auto", precision=None) -> BestOfN:
     """Pick, per row, the actor candidate with the highest critic value.
 
     states (B, S), goals (B, G) or None; candidates c_i = clip(actor([s, g, z_i]), -1, 1) with
@@ -216,38 +217,48 @@ def best_of_n(states, goals=None, *, actor, critic, num_samples, noise=None, see
     critic([s, g, c_i]) over i (ties to the lowest index, NaN never wins). A
     :class:`~mac.nets.GaussianActor` gives c_i = clip(tanh(mean + std z_i), -1, 1) instead (the
     PyTorch reference only). ``num_samples=1`` is the single sample of the policy (extraction=q_gradient).
+    ``precision``: "fp32" | "bf16" | "auto" (None: :func:`mac.precision.get_precision`), see
+    :mod:`mac.precision`; outputs are in the states' dtype either way.
     """
     B, S, G, C = _check_inputs(states, goals, actor, critic, num_samples)
     shape = (num_samples, B, C)
     noise, seed = _noise_or_seed(noise, seed, shape, states)
+    prec = precision_api.resolve(precision, states.device)
     backend = _resolve_backend(backend, states, {"actor": actor, "critic": critic})
     if backend != "torch" and noise is None and seed is None:
         seed = draw_seed()  # native cores draw their own noise from a seed of torch's generator
     if backend == "torch":
-        return best_of_n_reference(states, goals, actor, critic, _reference_noise(noise, seed, shape, states))
-    return _native_core(backend).best_of_n(states, goals, actor, critic, num_samples, noise, seed)
+        with precision_api.autocast(prec, states.device):
+            res = best_of_n_reference(states, goals, actor, critic, _reference_noise(noise, seed, shape, states))
+        return _in_dtype(res, states.dtype)
+    return _native_core(backend).best_of_n(states, goals, actor, critic, num_samples, noise, seed,
+                                           **_native_precision(backend, prec))
 
 
 @torch.no_grad()
-def mlp_forward(net, x: torch.Tensor, backend="auto") -> torch.Tensor:
-    """``net(x)`` without gradient, x (..., in) -> (..., out): on the native CPU core where ``backend``
-    resolves to it (auto: CPU tensors, a built core, a network it runs), else torch. Serves the
-    inference passes of a training step, e.g. the K Euler steps of the flow teacher."""
+def mlp_forward(net, x: torch.Tensor, backend="auto", precision=None) -> torch.Tensor:
+    """``net(x)`` without gradient, x (..., in) -> (..., out) in x's dtype: on the native CPU core where
+    ``backend`` resolves to it (auto: CPU tensors, a built core, a network it runs), else torch (under
+    bf16 autocast with ``precision`` bf16). Serves the inference passes of a training step, e.g. the K
+    Euler steps of the flow teacher and the value targets."""
+    prec = precision_api.resolve(precision, x.device)
     backend = _resolve_backend(backend, x, {"net": net})
     if backend != "cpu":
-        return net(x)
+        with precision_api.autocast(prec, x.device):
+            return net(x).to(x.dtype)
     rows = x.reshape(-1, x.shape[-1])
-    return _native_core("cpu").mlp_forward(net, rows).view(*x.shape[:-1], -1)
+    return _native_core("cpu").mlp_forward(net, rows, bf16=prec == "bf16").view(*x.shape[:-1], -1)
 
 
 @torch.no_grad()
 def imagine(states, goals=None, *, actor, critic, dynamics, reward=None, success=None, steps,
-            num_samples, noise=None, seed=None, backend="auto") -> Rollout:
+            num_samples, noise=None, seed=None, backend="auto", precision=None) -> Rollout:
     """Imagined rollout of ``steps`` chunk-model calls with best-of-N action selection.
 
     Per step k: a_k = best_of_n(s_k); r_k, m_k from the reward/success nets (goal tasks, i.e.
     ``reward=None``: r = success - 1, m = 1 - success; reward tasks: r = reward, m = 1 - success, or 1
     without a success net); s_{k+1} = s_k + dynamics([s_k, a_k]). ``noise``: (steps, N, B, C).
+    ``precision`` as in :func:`best_of_n`.
     """
     B, S, G, C = _check_inputs(states, goals, actor, critic, num_samples)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -259,12 +270,28 @@ def imagine(states, goals=None, *, actor, critic, dynamics, reward=None, success
         _check_net("success", success, S + G + C, 1, states.device, states.dtype)
     shape = (steps, num_samples, B, C)
     noise, seed = _noise_or_seed(noise, seed, shape, states)
+    prec = precision_api.resolve(precision, states.device)
     backend = _resolve_backend(backend, states, {"actor": actor, "critic": critic, "dynamics": dynamics,
                                                  "reward": reward, "success": success})
     if backend != "torch" and noise is None and seed is None:
         seed = draw_seed()
     if backend == "torch":
-        return imagine_reference(states, goals, actor, critic, dynamics, reward, success,
-                                 _reference_noise(noise, seed, shape, states))
+        with precision_api.autocast(prec, states.device):
+            res = imagine_reference(states, goals, actor, critic, dynamics, reward, success,
+                                    _reference_noise(noise, seed, shape, states))
+        return _in_dtype(res, states.dtype)
     return _native_core(backend).imagine(states, goals, actor, critic, dynamics, reward, success,
-                                         steps, num_samples, noise, seed)
+                                         steps, num_samples, noise, seed, **_native_precision(backend, prec))
+
+
+def _native_precision(backend: str, precision: str) -> dict:
+    """The native core's keyword for a resolved precision: the CPU core's bf16 mode, or the CUDA core's
+    tensor-core operands (fp32 -> its default, TF32, as torch's matmuls under --cuda_matmul tf32)."""
+    if backend == "cpu":
+        return {"bf16": precision == "bf16"}
+    return {"precision": "bf16" if precision == "bf16" else None}
+
+
+def _in_dtype(result, dtype):
+    """A BestOfN / Rollout with its floating tensors in ``dtype`` (autocast leaves some in bf16)."""
+    return type(result)(*(t.to(dtype) if t.is_floating_point() else t for t in result))

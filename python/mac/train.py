@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mac import precision as precision_api
 from mac.agent import MACAgent, fetch_floats
 from mac.batches import to_device
 from mac.checkpoint import (atomic_write_text, forked_rng, load_checkpoint, rng_state,
@@ -148,6 +149,11 @@ def add_arguments(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None
                    help="float32 matmuls on a GPU: tf32 (tensor cores, float32 accumulation: what the "
                         "authors' JAX code gets by default) or fp32 (full precision, ~8x slower); "
                         "CPU matmuls are unaffected")
+    p.add_argument("--precision", default="fp32", choices=precision_api.PRECISIONS,
+                   help="fp32, or bf16: bf16 operands with float32 accumulation in the training step "
+                        "(autocast) and the native rollouts (AVX512-BF16 / bf16 tensor cores), float32 "
+                        "weights, optimiser, LayerNorm statistics and losses; auto: bf16 only where it is "
+                        "measured not to hurt learning (none yet: fp32). docs/USAGE.md, 'Precision'")
     p.add_argument("--threads", type=_threads_flag, default=0, metavar="auto|N",
                    help="torch/OpenMP threads per process. auto (or 0): up to torch's default (under "
                         "torchrun: the available cores / the processes on this node), the count chosen "
@@ -251,6 +257,20 @@ def adopt_run_flags(args: argparse.Namespace, given: set[str], run_dir: Path) ->
             setattr(args, k, v)
             taken[k] = v
     return taken
+
+
+def set_run_precision(precision: str, device: torch.device, say=print) -> str:
+    """The process's precision for this run (``--precision``), resolved on ``device``; a bf16 request
+    the device cannot serve stops the run with the reason."""
+    try:
+        resolved = precision_api.resolve(precision, device)
+    except ValueError as e:
+        raise SystemExit(f"--precision {precision}: {e}") from None
+    precision_api.set_precision(resolved)
+    if resolved == "bf16" or precision != resolved:
+        say(f"[mac] precision: {resolved} (--precision {precision}; {precision_api.matrix_unit(device)})",
+            flush=True)
+    return resolved
 
 
 def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
@@ -419,11 +439,14 @@ def train(argv: list[str]) -> Path:
     device = resolve_device(args.device, ctx)
     if device.type == "cuda":
         set_cuda_matmul(args.cuda_matmul)
+    previous_precision = precision_api.get_precision()
+    set_run_precision(args.precision, device, say)
     ctx.start(device, args.dist_timeout)
     try:
         return _train(args, cfg, spec, resume, argv, device, ctx, say)
     finally:
         ctx.stop()
+        precision_api.set_precision(previous_precision)   # a run's setting ends with it (in-process callers)
 
 
 def _train(args, cfg, spec, resume, argv, device, ctx: DistContext, say) -> Path:
