@@ -101,24 +101,33 @@ def test_torch_engine_in_bf16_is_the_reference_under_autocast(bf16_unit):
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason=NO_BF16)
-def test_native_engine_in_bf16_is_the_cores_bf16_mode():
+def test_native_engine_in_bf16_is_the_cores_bf16_mode_from_its_minimum_rows():
+    """precision=bf16 on the native core: its bf16 mode where a call puts at least R.BF16_MIN_ROWS
+    rows through each network (steps included), float32 below (the per-call weight conversion would
+    cost more than it saves); fp32 and the default: float32."""
     from mac import _cpu_core
 
     n = nets()
-    states, goals = _inputs()
-    for prec, bf16 in (("bf16", True), ("fp32", False), (None, False)):
-        got = R.imagine(states, goals, **n, steps=2, num_samples=3, seed=7, backend="cpu", precision=prec)
+    B, N = 43, 3                                              # 129 rows a step
+    states, goals = _inputs(B)
+    for steps, prec, bf16 in ((2, "bf16", True), (1, "bf16", False), (2, "fp32", False), (2, None, False)):
+        got = R.imagine(states, goals, **n, steps=steps, num_samples=N, seed=7, backend="cpu", precision=prec)
         want = _cpu_core.imagine(states, goals, n["actor"], n["critic"], n["dynamics"], n["reward"],
-                                 n["success"], 2, 3, None, 7, bf16=bf16)
+                                 n["success"], steps, N, None, 7, bf16=bf16)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
-        best = R.best_of_n(states, goals, actor=n["actor"], critic=n["critic"], num_samples=3, seed=7,
-                           backend="cpu", precision=prec)
-        ref = _cpu_core.best_of_n(states, goals, n["actor"], n["critic"], 3, None, 7, bf16=bf16)
+    for n_samples, bf16 in ((6, True), (5, False)):           # 258 and 215 rows
+        best = R.best_of_n(states, goals, actor=n["actor"], critic=n["critic"], num_samples=n_samples,
+                           seed=7, backend="cpu", precision="bf16")
+        ref = _cpu_core.best_of_n(states, goals, n["actor"], n["critic"], n_samples, None, 7, bf16=bf16)
         torch.testing.assert_close(best.chunks, ref.chunks, rtol=0, atol=0)
-    x = torch.randn(5, S + G + C)
-    torch.testing.assert_close(R.mlp_forward(n["critic"], x, backend="cpu", precision="bf16"),
-                               _cpu_core.mlp_forward(n["critic"], x, bf16=True), rtol=0, atol=0)
+    actor = n["actor"]                                        # (16, 16): one bf16 (hidden->hidden) layer
+    for rows, bf16 in ((256, True), (255, False)):
+        x = torch.randn(rows, S + G + C)
+        torch.testing.assert_close(R.mlp_forward(actor, x, backend="cpu", precision="bf16"),
+                                   _cpu_core.mlp_forward(actor, x, bf16=bf16), rtol=0, atol=0)
+    assert not torch.equal(_cpu_core.mlp_forward(actor, x, bf16=True),
+                           _cpu_core.mlp_forward(actor, x))         # the two modes differ here
 
 
 # ------------------------------------------------------------------------------------ training step

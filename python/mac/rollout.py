@@ -232,7 +232,7 @@ def best_of_n(states, goals=None, *, actor, critic, num_samples, noise=None, see
             res = best_of_n_reference(states, goals, actor, critic, _reference_noise(noise, seed, shape, states))
         return _in_dtype(res, states.dtype)
     return _native_core(backend).best_of_n(states, goals, actor, critic, num_samples, noise, seed,
-                                           **_native_precision(backend, prec))
+                                           **_native_precision(backend, prec, B * num_samples))
 
 
 @torch.no_grad()
@@ -247,7 +247,8 @@ def mlp_forward(net, x: torch.Tensor, backend="auto", precision=None) -> torch.T
         with precision_api.autocast(prec, x.device):
             return net(x).to(x.dtype)
     rows = x.reshape(-1, x.shape[-1])
-    return _native_core("cpu").mlp_forward(net, rows, bf16=prec == "bf16").view(*x.shape[:-1], -1)
+    return _native_core("cpu").mlp_forward(net, rows, **_native_precision("cpu", prec, rows.shape[0])
+                                           ).view(*x.shape[:-1], -1)
 
 
 @torch.no_grad()
@@ -281,14 +282,25 @@ def imagine(states, goals=None, *, actor, critic, dynamics, reward=None, success
                                     _reference_noise(noise, seed, shape, states))
         return _in_dtype(res, states.dtype)
     return _native_core(backend).imagine(states, goals, actor, critic, dynamics, reward, success,
-                                         steps, num_samples, noise, seed, **_native_precision(backend, prec))
+                                         steps, num_samples, noise, seed,
+                                         **_native_precision(backend, prec, B * num_samples * steps))
 
 
-def _native_precision(backend: str, precision: str) -> dict:
-    """The native core's keyword for a resolved precision: the CPU core's bf16 mode, or the CUDA core's
-    tensor-core operands (fp32 -> its default, TF32, as torch's matmuls under --cuda_matmul tf32)."""
+# The CPU core's bf16 mode converts every weight to bf16 per call (weights are read in place, so
+# nothing can go stale); below this many rows through each network per call the conversion costs
+# more than the bf16 dot products save, and the call runs in float32 (more accurate, and faster):
+# best-of-32 for one state (32 rows) ran at 0.91x its float32 speed in bf16, for 64 states (2048
+# rows) at 1.59x (Zen 5, benchmarks/RESULTS.md, "bf16 on AVX512-BF16"); the break-even estimated
+# from those is ~150 rows.
+BF16_MIN_ROWS = 256
+
+
+def _native_precision(backend: str, precision: str, rows: int) -> dict:
+    """The native core's keyword for a resolved precision: the CPU core's bf16 mode (from
+    BF16_MIN_ROWS rows per call: ``rows`` = rows through each network, steps included), or the CUDA
+    core's tensor-core operands (fp32 -> its default, TF32, as torch's matmuls under --cuda_matmul tf32)."""
     if backend == "cpu":
-        return {"bf16": precision == "bf16"}
+        return {"bf16": precision == "bf16" and rows >= BF16_MIN_ROWS}
     return {"precision": "bf16" if precision == "bf16" else None}
 
 
