@@ -23,6 +23,7 @@ compute capability 8.0 or newer. Elsewhere it is refused with the reason, not em
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -60,17 +61,19 @@ def check_precision(precision) -> str:
 
 # ------------------------------------------------------------------------------------ matrix units
 
-def _cpu_flags() -> set[str]:
+@functools.lru_cache(maxsize=None)
+def _cpu_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
+@functools.lru_cache(maxsize=None)   # per process: every rollout API call resolves its precision
 def cpu_bf16_unit() -> str | None:
     """The CPU's bf16 matrix unit as the native core and torch use it, or None: "AMX" (Intel AMX
     tiles: torch's oneDNN runs bf16 matmuls on them; the native core uses AVX512-BF16 there too),
@@ -113,6 +116,8 @@ def resolve(precision: str | None, device) -> str:
     """``precision`` (None: :func:`get_precision`) as "fp32" or "bf16" on ``device``; an explicit bf16
     without a bf16 unit is a ValueError that says so."""
     precision = check_precision(get_precision() if precision is None else precision)
+    if precision == "fp32":
+        return precision
     device = torch.device(device)
     unit = bf16_unit(device)
     if precision == "auto":
