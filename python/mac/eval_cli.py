@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from mac import precision as precision_api
+
 
 def main(argv) -> int:
     p = argparse.ArgumentParser(prog="mac eval", description=__doc__)
@@ -25,12 +27,11 @@ def main(argv) -> int:
     p.add_argument("--num_samples", type=int, default=None,
                    help="best-of-N at evaluation (default: the config's, or the policy file's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+    p.add_argument("--precision", default="fp32", choices=precision_api.PRECISIONS,
                    help="best-of-N arithmetic: fp32, or bf16 operands with float32 accumulation "
                         "(AVX512-BF16 CPUs); auto: fp32 until bf16 is measured not to hurt (mac.precision)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
-    from mac import precision as precision_api
     try:
         precision_api.set_precision(precision_api.resolve(args.precision, "cpu"))
     except ValueError as exc:
