@@ -213,7 +213,12 @@ def decided(q64, *others):
 
 
 def _row_err(x, ref, rows):
-    d = (x.double() - ref.double()).abs()
+    """Per row, the largest |x - ref|: 0 where both are NaN or the same infinity (poisoned inputs
+    propagate), inf where only one of them is not finite."""
+    x, ref = x.double(), ref.double()
+    d = (x - ref).abs()
+    same = (torch.isnan(x) & torch.isnan(ref)) | (x == ref)
+    d = torch.where(same, torch.zeros_like(d), d.nan_to_num(nan=math.inf))
     return d.reshape(*rows.shape, -1).amax(-1)[rows]
 
 
@@ -224,7 +229,8 @@ def close_rows(name, nat, ref64, rows, *others):
         return
     e_nat = _row_err(nat, ref64, rows)
     e_ref = torch.stack([_row_err(o, ref64, rows).nan_to_num(math.inf) for o in others]).amax(0)
-    scale = torch.clamp(ref64.double().abs().reshape(*rows.shape, -1).amax(-1)[rows], min=1.0)
+    finite = ref64.double().abs().nan_to_num(nan=0.0, posinf=0.0)      # the magnitude of finite values
+    scale = torch.clamp(finite.reshape(*rows.shape, -1).amax(-1)[rows], min=1.0)
     bad = ~(e_nat <= 8 * e_ref + 1e-5 * scale)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
