@@ -9,6 +9,8 @@
 #
 #   benchmarks/bf16_learning_check.sh                 # ~4 x 25 min of training on 2 cores + data
 #   STEPS=20 EPISODES=1 GEN_EPISODES=4 benchmarks/bf16_learning_check.sh    # a smoke run (~2 min)
+#   SEEDS=0 OMP_NUM_THREADS=1 ... & SEEDS=1 OMP_NUM_THREADS=1 ... ; then SEEDS="0 1" for the table:
+#   one seed per core (an invocation skips the runs and evaluations that are done)
 #
 # Environment: DATA (dataset folder; generated there if missing), OUT (runs and the table),
 # STEPS, SEEDS, EPISODES, GEN_EPISODES (episodes to generate: 1000 = 1M transitions).
@@ -45,8 +47,10 @@ for seed in $SEEDS; do
       touch "$run/trained"
     fi
     for execute in 10 1; do    # the CPU preset's whole chunk (h = 10), the paper's first action
+      [ -s "$run/eval-$execute.json" ] && continue    # done by an earlier (or a parallel) invocation
       mac eval --restore_path "$run" --eval_episodes "$EPISODES" --precision "$precision" --seed 1000 \
-          --action_execute "$execute" --json > "$run/eval-$execute.json"
+          --action_execute "$execute" --json > "$run/eval-$execute.json.tmp"
+      mv "$run/eval-$execute.json.tmp" "$run/eval-$execute.json"
     done
   done
 done

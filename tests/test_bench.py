@@ -99,3 +99,30 @@ def test_theoretical_peak_is_cores_times_clock_times_flop_per_cycle(monkeypatch)
     t = bench.theoretical_peak(1, "avx2")
     assert t["gflops"] == pytest.approx(3.0 * 8 * 2 * bench.FMA_PIPES)
     assert "cpufreq cpuinfo_max_freq (test)" in bench._theory_line({"theoretical": t})
+
+
+def test_the_timed_training_step_takes_agent_flags_as_mac_train_does():
+    """`mac bench --agent.<key>=<value>` times the preset with that setting changed, and says so."""
+    from mac.config import preset
+    cfg = bench.train_step_config("cpu", ["--agent.num_samples_train=4", "--agent.lr=0.001"])
+    assert (cfg.num_samples_train, cfg.lr) == (4, 0.001)
+    assert cfg.hidden_dims == preset("cpu").hidden_dims and cfg.batch_size == preset("cpu").batch_size
+    assert bench.train_step_config("cpu", ["--agent.num_samples_train=4"], {"num_samples_train": 2}).num_samples_train == 2
+    table = bench.train_step_table("cpu", 1, 0, agent_flags=["--agent.num_samples_train=4"])
+    assert "N=4," in table and "with --agent.num_samples_train=4" in table
+    assert "N=8," in bench.train_step_table("cpu", 1, 0)
+
+
+def test_mac_bench_refuses_an_unknown_agent_setting(capsys):
+    from mac.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--agent.num_samples_trian=4"])
+    assert exc.value.code == 2
+    assert "unknown agent setting --agent.num_samples_trian" in capsys.readouterr().err
+
+
+def test_the_cuda_bench_options_carry_the_agent_flags():
+    from mac import bench_cuda
+    opts = bench_cuda.options_from_args(argparse.Namespace(quick=True, agent_flags=["--agent.num_samples_train=4"]))
+    assert opts.agent_flags == ("--agent.num_samples_train=4",)
+    assert bench.train_step_config(opts.train_step, opts.agent_flags, opts.train_overrides).num_samples_train == 4

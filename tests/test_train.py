@@ -148,7 +148,7 @@ def test_resume_keeps_the_runs_flags(tiny_cube_dir, tmp_path, capsys):
     capsys.readouterr()
     assert train(["--restore_path", str(run), "--no_progress"]) == run
     out = capsys.readouterr().out
-    assert load_checkpoint(run)["step"] == 3                       # not towards the default 5000
+    assert load_checkpoint(run)["step"] == 3                       # not towards the default
     assert len(_rows(run / "train.csv")) == 1 + 3 and len(_rows(run / "eval.csv")) == 1 + 1
     taken = next(line for line in out.splitlines() if "from the run's flags.json" in line)
     assert "offline_steps=3" in taken and "eval_episodes=2" in taken and "seed=3" in taken

@@ -93,7 +93,8 @@ def test_train_help_documents_every_flag_and_agent_setting(preset_name, capsys):
         flag = action.option_strings[-1]
         assert action.help and action.help.strip(), f"{flag} has no help"
         assert re.search(rf"^\s+(-\w, )?{re.escape(flag)}\b", text, re.M), f"{flag} missing from --help"
-    assert re.search(r"--offline_steps OFFLINE_STEPS\s+.*\(default: 5000\)", text, re.S)
+    from mac.train import DEFAULT_OFFLINE_STEPS
+    assert re.search(rf"--offline_steps OFFLINE_STEPS\s+.*\(default: {DEFAULT_OFFLINE_STEPS}\)", text, re.S)
     cfg = preset(preset_name)
     for f in fields(AgentConfig):
         value = getattr(cfg, f.name)

@@ -523,7 +523,7 @@ def run(args: argparse.Namespace) -> int:
     md = _markdown(rows, shapes, peak, threads, ext)
     if getattr(args, "train_step", "none") != "none":
         md += "\n" + train_step_table(args.train_step, args.train_repeats, args.seed,
-                                      getattr(args, "precision", ["fp32"]))
+                                      getattr(args, "precision", ["fp32"]), getattr(args, "agent_flags", ()))
     print(md)
     if args.output:
         with open(args.output, "w") as f:
@@ -570,26 +570,35 @@ def time_train_steps(cfg, backends, repeats: int, warmup: int, seed: int, device
     return time_interleaved(steps, repeats, warmup, device)
 
 
+def train_step_config(preset_name: str, agent_flags=(), overrides=None):
+    """The timed training step's AgentConfig: the preset, then ``--agent.<key>=<value>`` flags (as
+    ``mac train`` takes them), then ``overrides`` (AgentConfig fields; tests)."""
+    from mac.config import apply_agent_flags, preset
+
+    cfg, _ = apply_agent_flags(preset(preset_name), list(agent_flags))
+    return dataclasses.replace(cfg, **(overrides or {}))
+
+
 def train_step_shape(preset_name: str, cfg) -> str:
     return (f"preset `{preset_name}`: batch {cfg.batch_size}, rollout batch {cfg.rollout_batch}, "
             f"H={cfg.rollout_steps}, N={cfg.num_samples_train}, chunk {cfg.chunk_len} x A={TRAIN_ACTION_DIM}, "
             f"S={TRAIN_OBS_DIM}, {len(cfg.hidden_dims)}x{cfg.hidden_dims[0]} networks")
 
 
-def train_step_table(preset_name: str, repeats: int, seed: int, precisions=("fp32",)) -> str:
+def train_step_table(preset_name: str, repeats: int, seed: int, precisions=("fp32",), agent_flags=()) -> str:
     """Median time of one ``MACAgent.update`` with each rollout backend (and, with bf16 in
-    ``precisions``, each at --precision bf16), interleaved in one run."""
-    from mac.config import preset
-
-    cfg = preset(preset_name)
+    ``precisions``, each at --precision bf16), interleaved in one run; ``agent_flags``
+    (``--agent.<key>=<value>``) change the preset's settings."""
+    cfg = train_step_config(preset_name, agent_flags)
     keys = ["cpu", "torch"] + (["cpu-bf16", "torch-bf16"] if "bf16" in precisions else [])
     med = {k: t.median for k, t in time_train_steps(cfg, keys, repeats, 1, seed).items()}
     names = {"cpu": "native (cpu), fp32", "torch": "torch eager, fp32",
              "cpu-bf16": "native (cpu), bf16", "torch-bf16": "torch eager, bf16"}
     ratio = {k: "" if k == "cpu" else f"{med[k] / med['cpu']:.2f}x" for k in keys}
     rows = [f"| {names[k]} | {med[k]:.1f} ms | {ratio[k]} |" for k in keys]
+    changed = f" with {' '.join(agent_flags)}" if agent_flags else ""
     return "\n".join([
-        f"One training step (`agent.update`, {train_step_shape(preset_name, cfg)}), median of {repeats}, "
+        f"One training step (`agent.update`, {train_step_shape(preset_name, cfg)}{changed}), median of {repeats}, "
         f"interleaved; bf16 = `--precision bf16` (autocast + the native core's bf16 mode):",
         "",
         "| rollout backend, precision | median step time | time / native fp32 |",

@@ -286,6 +286,7 @@ class BenchOptions:
     train_step: str = "paper"               # an AgentConfig preset, or "none"
     train_repeats: int = 20
     train_overrides: dict = dataclasses.field(default_factory=dict)  # AgentConfig fields (tests: tiny nets)
+    agent_flags: tuple[str, ...] = ()       # --agent.<key>=<value> of the train step, as mac train takes them
     seed: int = 0
 
     def validate(self) -> BenchOptions:
@@ -347,7 +348,8 @@ def options_from_args(args) -> BenchOptions:
         backends=_comma_list(opt("cuda_backends", "all"), BACKENDS),
         compile_cases=() if opt("no_compile", False) else _comma_list(opt("compile_cases", "all"), CASES),
         repeats=int(args.repeats), warmup=int(opt("warmup", 3)), size="quick" if quick else "paper",
-        train_step=args.train_step, train_repeats=int(args.train_repeats), seed=int(opt("seed", 0))).validate()
+        train_step=args.train_step, train_repeats=int(args.train_repeats), seed=int(opt("seed", 0)),
+        agent_flags=tuple(opt("agent_flags", ()))).validate()
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -582,9 +584,8 @@ def train_step_section(opts: BenchOptions, device: torch.device, native_status: 
     mac.bench.time_train_steps) -> (markdown lines, medians keyed like the cases', goals: the
     3.6 ms per step of the paper preset, none for another preset)."""
     from mac import bench
-    from mac.config import preset
     from mac.rollout import _resolve_backend
-    cfg = dataclasses.replace(preset(opts.train_step), **opts.train_overrides)
+    cfg = bench.train_step_config(opts.train_step, opts.agent_flags, opts.train_overrides)
     native = "cuda" if device.type == "cuda" else "cpu"
     backends = ("torch", native) if native_status["usable"] else ("torch",)
     default = _resolve_backend("auto", torch.zeros(1, bench.TRAIN_OBS_DIM, device=device))  # what `mac train` runs

@@ -86,15 +86,23 @@ def _plot(argv) -> int:
 
 
 def _bench(argv) -> int:
-    p = argparse.ArgumentParser(prog="mac bench", description="throughput benchmarks -> markdown table")
+    p = argparse.ArgumentParser(prog="mac bench", description="throughput benchmarks -> markdown table",
+                                epilog="--agent.<key>=<value>: a setting of the timed training step (--train-step), "
+                                       "as mac train takes it, e.g. --agent.num_samples_train=4")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu: native CPU core vs torch eager/compile vs FMA peak; "
                         "cuda: CUDA core vs torch eager, eager in a CUDA graph and torch.compile max-autotune, "
                         "TF32 and bf16, vs the GPU's peak and issue 20's goals")
     from mac import bench, bench_cuda
+    from mac.config import split_agent_flags
     bench.add_arguments(p)
     bench_cuda.add_cuda_arguments(p)
+    try:   # --agent.<key>=<value>: the timed training step's settings, as in mac train
+        agent_settings, argv = split_agent_flags(list(argv))
+    except ValueError as exc:
+        p.error(str(exc))
     args = p.parse_args(argv)
+    args.agent_flags = [f"--agent.{key}={value}" for key, value in agent_settings]
     if args.device == "cuda":
         try:
             table = bench_cuda.run_cuda_bench(args)

@@ -231,11 +231,11 @@ AUTHOR_NAMES = {"value_p_curgoal": "value_goal_current", "value_p_trajgoal": "va
                 "action_chunking": "chunk_len", "rollout_batch_size": "rollout_batch"}
 
 
-def apply_agent_flags(config: AgentConfig, argv: list[str]) -> tuple[AgentConfig, list[str]]:
-    """Consume ``--agent.key=value`` / ``--agent.key value`` from argv; returns (config, rest)."""
+def split_agent_flags(argv: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(the ``--agent.key=value`` / ``--agent.key value`` settings of argv as (key, value) in order,
+    with the authors' names mapped to ours; the other arguments). Unknown keys are an error."""
     valid = {f.name for f in fields(AgentConfig)}
-    rest, i = [], 0
-    updates = {}
+    settings, rest, i = [], [], 0
     while i < len(argv):
         arg = argv[i]
         if arg.startswith("--agent."):
@@ -247,10 +247,17 @@ def apply_agent_flags(config: AgentConfig, argv: list[str]) -> tuple[AgentConfig
                 value, i = argv[i + 1], i + 1
             if key not in valid:
                 raise ValueError(f"unknown agent setting --agent.{key}; valid keys: {', '.join(sorted(valid))}")
-            updates[key] = _convert(key, value, getattr(config, key))
+            settings.append((key, value))
         else:
             rest.append(arg)
         i += 1
+    return settings, rest
+
+
+def apply_agent_flags(config: AgentConfig, argv: list[str]) -> tuple[AgentConfig, list[str]]:
+    """Consume ``--agent.key=value`` / ``--agent.key value`` from argv; returns (config, rest)."""
+    settings, rest = split_agent_flags(argv)
+    updates = {key: _convert(key, value, getattr(config, key)) for key, value in settings}
     return dataclasses.replace(config, **updates).validate(), rest
 
 
@@ -310,5 +317,5 @@ NATIVE_ROLLOUT_SERVES = ("actor_type=flow, extraction=rejection (best-of-N) or q
                          "torch reference")
 
 
-__all__ = ["AUTHOR_NAMES", "AgentConfig", "NATIVE_ROLLOUT_SERVES", "PRESETS", "agent_help", "apply_agent_flags", "field_help",
+__all__ = ["AUTHOR_NAMES", "AgentConfig", "NATIVE_ROLLOUT_SERVES", "PRESETS", "agent_help", "apply_agent_flags", "split_agent_flags", "field_help",
            "fit_normalizers", "goal_mixture", "native_rollout_supported", "preset", "sampler_options"]

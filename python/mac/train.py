@@ -51,6 +51,14 @@ from mac.threads import ThreadTuner
 
 DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
 DEFAULT_DATASET_DIR = "~/.ogbench/data"
+# The main job (`mac train` with no arguments) is sized so that a newcomer sees it learn on 2 cores in
+# about 10 minutes: the CPU preset on cube-single task 2 reached 52-58% (whole chunk, 50 episodes) at
+# 8000 steps and 6-16% at 4000 in every run of the study in docs/RESULTS.md ("The main job"), so
+# 5000 steps (the earlier default) ended mid-rise. Evaluations every 1000 steps on 50 episodes make
+# the learning curve a curve, at about 10 s each.
+DEFAULT_OFFLINE_STEPS = 8000
+DEFAULT_EVAL_INTERVAL = 1000
+DEFAULT_EVAL_EPISODES = 50
 EVAL_SEED_OFFSET = 10_000
 # On --restore_path these never come from the run's flags.json: they choose the run (restore_path)
 # or only name a new one (run_name, save_dir), or are about this terminal (no_progress).
@@ -115,13 +123,14 @@ def add_arguments(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None
                         "are missing from the default folder they are downloaded (or generated)")
     p.add_argument("--preset", default="cpu", choices=["cpu", "paper"],
                    help="agent defaults: 'paper' (MAC.md) or 'cpu' (sized for a 2-core machine)")
-    p.add_argument("--offline_steps", type=int, default=5000,
+    p.add_argument("--offline_steps", type=int, default=DEFAULT_OFFLINE_STEPS,
                    help="training steps of the whole run (a resumed run stops there too)")
     p.add_argument("--log_interval", type=int, default=100, help="steps between train.csv rows")
-    p.add_argument("--eval_interval", type=int, default=2500,
+    p.add_argument("--eval_interval", type=int, default=DEFAULT_EVAL_INTERVAL,
                    help="steps between evaluations; the last step is always evaluated "
                         "(0 disables periodic evaluation)")
-    p.add_argument("--eval_episodes", type=int, default=20, help="episodes (per task for goal envs)")
+    p.add_argument("--eval_episodes", type=int, default=DEFAULT_EVAL_EPISODES,
+                   help="episodes (per task for goal envs)")
     p.add_argument("--eval_workers", type=int, default=1, help="parallel environment processes")
     p.add_argument("--video_episodes", type=int, default=0,
                    help="episodes of each evaluation recorded to <run>/videos/step_<N>.gif")
