@@ -29,7 +29,7 @@ def main(argv) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="fp32", choices=precision_api.PRECISIONS,
                    help="best-of-N arithmetic: fp32, or bf16 operands with float32 accumulation "
-                        "(AVX512-BF16 CPUs); auto: fp32 until bf16 is measured not to hurt (mac.precision)")
+                        "(AVX512-BF16 CPUs); auto: bf16 only where it is measured not to hurt (mac.precision)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
     try:

@@ -162,7 +162,7 @@ def add_arguments(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None
                    help="fp32, or bf16: bf16 operands with float32 accumulation in the training step "
                         "(autocast) and the native rollouts (AVX512-BF16 / bf16 tensor cores), float32 "
                         "weights, optimiser, LayerNorm statistics and losses; auto: bf16 only where it is "
-                        "measured not to hurt learning (none yet: fp32). docs/USAGE.md, 'Precision'")
+                        "measured not to hurt learning (AVX512-BF16 CPUs; elsewhere fp32). docs/USAGE.md, 'Precision'")
     p.add_argument("--threads", type=_threads_flag, default=0, metavar="auto|N",
                    help="torch/OpenMP threads per process. auto (or 0): up to torch's default (under "
                         "torchrun: the available cores / the processes on this node), the count chosen "
