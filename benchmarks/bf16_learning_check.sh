@@ -26,39 +26,23 @@ ENV=cube-single-play-singletask-task2-v0
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
-if ! ls "$DATA"/cube-single-play-v0*.npz >/dev/null 2>&1; then
-  echo "== generating $GEN_EPISODES episodes into $DATA (load: $(cut -d' ' -f1-3 /proc/loadavg))"
-  mac data generate --env_name cube-single-play-v0 --num_episodes "$GEN_EPISODES" --save_dir "$DATA" \
-      --workers 2 --no_progress
-fi
-
+source "$(dirname "$0")/study_lib.sh"
+ensure_data "$DATA" cube-single-play-v0 "$GEN_EPISODES"
 for seed in $SEEDS; do
   for precision in fp32 bf16; do
     run="$OUT/$precision-s$seed"
-    if [ ! -f "$run/trained" ]; then   # written below once a run has finished (rerun: resumes the rest)
-      echo "== train $precision seed $seed (load: $(cut -d' ' -f1-3 /proc/loadavg))"
-      if [ -d "$run" ]; then    # interrupted earlier: resume it (its flags come from its flags.json)
-        mac train --restore_path "$run" --offline_steps "$STEPS" --no_progress
-      else
-        mac train --env_name "$ENV" --dataset_dir "$DATA" --preset cpu --precision "$precision" \
-            --offline_steps "$STEPS" --seed "$seed" --save_dir "$OUT" --run_name "$precision-s$seed" \
-            --eval_interval 0 --video_episodes 0 --log_interval "$LOG_INTERVAL" --no_progress
-      fi
-      touch "$run/trained"
-    fi
+    train_to "$run" "$STEPS" --env_name "$ENV" --dataset_dir "$DATA" --preset cpu --precision "$precision" \
+        --seed "$seed" --eval_interval 0 --video_episodes 0 --log_interval "$LOG_INTERVAL"
     for execute in 10 1; do    # the CPU preset's whole chunk (h = 10), the paper's first action
-      [ -s "$run/eval-$execute.json" ] && continue    # done by an earlier (or a parallel) invocation
-      mac eval --restore_path "$run" --eval_episodes "$EPISODES" --precision "$precision" --seed 1000 \
-          --action_execute "$execute" --json > "$run/eval-$execute.json.tmp"
-      mv "$run/eval-$execute.json.tmp" "$run/eval-$execute.json"
+      final_eval "$run" "$STEPS" "$execute" "$EPISODES" 1000 --precision "$precision"
     done
   done
 done
 
-python - "$OUT" "$SEEDS" <<'PY'
+python - "$OUT" "$SEEDS" "$STEPS" <<'PY'
 import csv, json, statistics as st, sys
 from pathlib import Path
-out, seeds = Path(sys.argv[1]), sys.argv[2].split()
+out, seeds, steps = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3]
 
 def mean_se(xs):
     return f"{st.mean(xs):.3f} +- {st.stdev(xs) / len(xs) ** 0.5:.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
@@ -67,7 +51,7 @@ lines = ["| precision | success, whole chunk | success, first action | loss/valu
          "|---|---|---|---|---|"]
 for p in ("fp32", "bf16"):
     runs = [out / f"{p}-s{s}" for s in seeds]
-    succ = {e: [json.loads((r / f"eval-{e}.json").read_text())["success"] for r in runs] for e in ("10", "1")}
+    succ = {e: [json.loads((r / f"final-{steps}-x{e}.json").read_text())["success"] for r in runs] for e in ("10", "1")}
     last = [list(csv.DictReader(open(r / "train.csv")))[-1] for r in runs]
     loss = {k: [float(row[k]) for row in last] for k in ("loss/value", "loss/dynamics")}
     lines.append(f"| {p} | {mean_se(succ['10'])} | {mean_se(succ['1'])} | {mean_se(loss['loss/value'])} "

@@ -121,6 +121,26 @@ def test_mac_bench_refuses_an_unknown_agent_setting(capsys):
     assert "unknown agent setting --agent.num_samples_trian" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--agent.num_samples_train=0"], "num_samples_train"),          # a value the config refuses
+    (["--agent.lr=fast"], "lr"),                                      # a value of the wrong type
+    (["--agent.num_samples_train=4", "--train-step", "none"], "--train-step none"),
+])
+def test_mac_bench_refuses_bad_agent_values_before_timing_anything(argv, message, capsys, monkeypatch):
+    """The values are checked at parse time: no rollout case is timed first and then thrown away."""
+    from mac import bench, bench_cuda
+    from mac.cli import main
+
+    def timed(*_):
+        raise AssertionError("a benchmark ran before its arguments were checked")
+    monkeypatch.setattr(bench, "run", timed)
+    monkeypatch.setattr(bench_cuda, "run_cuda_bench", timed)
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_the_cuda_bench_options_carry_the_agent_flags():
     from mac import bench_cuda
     opts = bench_cuda.options_from_args(argparse.Namespace(quick=True, agent_flags=["--agent.num_samples_train=4"]))

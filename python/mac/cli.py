@@ -103,6 +103,15 @@ def _bench(argv) -> int:
         p.error(str(exc))
     args = p.parse_args(argv)
     args.agent_flags = [f"--agent.{key}={value}" for key, value in agent_settings]
+    if args.agent_flags:   # check their values now, not after minutes of rollout timings
+        train_step = args.train_step or ("paper" if args.device == "cuda" and not args.quick else "cpu")
+        if train_step == "none":
+            p.error(f"{' '.join(args.agent_flags)} set the timed training step, but --train-step none "
+                    "times none; drop them or choose --train-step cpu|paper")
+        try:
+            bench.train_step_config(train_step, args.agent_flags)
+        except ValueError as exc:
+            p.error(f"{' '.join(args.agent_flags)}: {exc}")
     if args.device == "cuda":
         try:
             table = bench_cuda.run_cuda_bench(args)
