@@ -119,6 +119,15 @@ def test_eval_policy_equals_eval_restore_path(run, policy_file, capsys):
     assert "policy_sha256" not in by_ckpt
 
 
+def test_eval_in_process_leaves_the_callers_precision_alone(policy_file, capsys):
+    """mac eval's --precision (default auto: bf16 on AVX512-BF16 CPUs) holds for its own episodes only."""
+    from mac import precision as P
+    precision = P.resolve("auto", "cpu")
+    assert cli(["eval", "--policy", str(policy_file), "--eval_episodes", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["precision"] == precision
+    assert P.get_precision() == "fp32"
+
+
 def _fails(capsys, *argv, hint):
     assert cli(list(argv)) == 2
     err = capsys.readouterr().err.strip()

@@ -60,6 +60,20 @@ def test_auto_lists_exactly_the_units_the_learning_check_passed_on():
     assert P.AUTO_BF16_UNITS == ("AVX512-BF16",)
 
 
+def test_mac_train_defaults_to_auto_and_a_resume_keeps_its_own(tmp_path):
+    """The main job takes the fastest precision known to be safe on the machine; a run started
+    before that default (flags.json: fp32) resumes as it was started, unless told otherwise."""
+    import json
+
+    from mac.train import adopt_run_flags, parse_train_args
+    assert parse_train_args([])[0].precision == "auto"
+    (tmp_path / "flags.json").write_text(json.dumps({"args": {"precision": "fp32"}}))
+    args = parse_train_args([])[0]
+    assert adopt_run_flags(args, set(), tmp_path) == {"precision": "fp32"} and args.precision == "fp32"
+    args = parse_train_args(["--precision", "bf16"])[0]
+    assert adopt_run_flags(args, {"precision"}, tmp_path) == {} and args.precision == "bf16"
+
+
 def test_bf16_without_a_unit_is_refused_with_the_reason(no_bf16_unit):
     with pytest.raises(ValueError, match="needs a bf16 matrix unit: a CPU with AVX512-BF16"):
         P.resolve("bf16", "cpu")

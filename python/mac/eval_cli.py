@@ -27,16 +27,21 @@ def main(argv) -> int:
     p.add_argument("--num_samples", type=int, default=None,
                    help="best-of-N at evaluation (default: the config's, or the policy file's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="fp32", choices=precision_api.PRECISIONS,
+    p.add_argument("--precision", default="auto", choices=precision_api.PRECISIONS,
                    help="best-of-N arithmetic: fp32, or bf16 operands with float32 accumulation "
-                        "(AVX512-BF16 CPUs); auto: bf16 only where it is measured not to hurt (mac.precision)")
+                        "(AVX512-BF16 CPUs); auto (default): bf16 only where it is measured not to hurt (mac.precision)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
     try:
-        precision_api.set_precision(precision_api.resolve(args.precision, "cpu"))
+        precision = precision_api.resolve(args.precision, "cpu")
     except ValueError as exc:
         print(f"mac eval: error: --precision {args.precision}: {exc}", file=sys.stderr)
         return 2
+    with precision_api.precision_mode(precision):   # in-process callers keep their own setting
+        return _evaluate(args)
+
+
+def _evaluate(args) -> int:
     from mac.evaluate import evaluate
     from mac.export import from_checkpoint, load_policy_file, with_acting
     try:

@@ -52,13 +52,16 @@ from mac.threads import ThreadTuner
 DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
 DEFAULT_DATASET_DIR = "~/.ogbench/data"
 # The main job (`mac train` with no arguments) is sized so that a newcomer sees it learn on 2 cores in
-# about 10 minutes: the CPU preset on cube-single task 2 reached 52-58% (whole chunk, 50 episodes) at
-# 8000 steps and 6-16% at 4000 in every run of the study in docs/RESULTS.md ("The main job"), so
-# 5000 steps (the earlier default) ended mid-rise. Evaluations every 1000 steps on 50 episodes make
-# the learning curve a curve, at about 10 s each.
+# about 10 minutes: in the study in docs/RESULTS.md ("The main job") the CPU preset on cube-single
+# task 2 ended at 36-58% (whole chunk, 50 episodes) at 8000 steps in all six runs, from 0-8% at 2000,
+# so 5000 steps (the earlier default) ended mid-rise. Evaluations every 1000 steps on 50 episodes make
+# the learning curve a curve, at about 10 s each. --precision auto trains in bf16 where a learning
+# check showed no loss (mac.precision.AUTO_BF16_UNITS: 0.78x the step time on a Zen 5) and in fp32
+# everywhere else, so the default is the fastest precision known to be safe on the user's machine.
 DEFAULT_OFFLINE_STEPS = 8000
 DEFAULT_EVAL_INTERVAL = 1000
 DEFAULT_EVAL_EPISODES = 50
+DEFAULT_PRECISION = "auto"
 EVAL_SEED_OFFSET = 10_000
 # On --restore_path these never come from the run's flags.json: they choose the run (restore_path)
 # or only name a new one (run_name, save_dir), or are about this terminal (no_progress).
@@ -158,11 +161,12 @@ def add_arguments(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None
                    help="float32 matmuls on a GPU: tf32 (tensor cores, float32 accumulation: what the "
                         "authors' JAX code gets by default) or fp32 (full precision, ~8x slower); "
                         "CPU matmuls are unaffected")
-    p.add_argument("--precision", default="fp32", choices=precision_api.PRECISIONS,
+    p.add_argument("--precision", default=DEFAULT_PRECISION, choices=precision_api.PRECISIONS,
                    help="fp32, or bf16: bf16 operands with float32 accumulation in the training step "
                         "(autocast) and the native rollouts (AVX512-BF16 / bf16 tensor cores), float32 "
                         "weights, optimiser, LayerNorm statistics and losses; auto: bf16 only where it is "
-                        "measured not to hurt learning (AVX512-BF16 CPUs; elsewhere fp32). docs/USAGE.md, 'Precision'")
+                        "measured not to hurt learning (AVX512-BF16 CPUs; elsewhere fp32); a resumed run keeps its own. "
+                        "docs/USAGE.md, 'Precision'")
     p.add_argument("--threads", type=_threads_flag, default=0, metavar="auto|N",
                    help="torch/OpenMP threads per process. auto (or 0): up to torch's default (under "
                         "torchrun: the available cores / the processes on this node), the count chosen "
@@ -276,9 +280,11 @@ def set_run_precision(precision: str, device: torch.device, say=print) -> str:
     except ValueError as e:
         raise SystemExit(f"--precision {precision}: {e}") from None
     precision_api.set_precision(resolved)
-    if resolved == "bf16" or precision != resolved:
-        say(f"[mac] precision: {resolved} (--precision {precision}; {precision_api.matrix_unit(device)})",
-            flush=True)
+    if resolved == "bf16":   # float32, the default's result on most machines, goes unsaid
+        unit = precision_api.bf16_unit(device)
+        why = (f"auto: {unit}, where bf16 was checked not to hurt learning; --precision fp32 for float32"
+               if precision == "auto" else f"bf16 on {unit}")
+        say(f"[mac] precision: bf16 (--precision {why})", flush=True)
     return resolved
 
 
@@ -449,16 +455,17 @@ def train(argv: list[str]) -> Path:
     if device.type == "cuda":
         set_cuda_matmul(args.cuda_matmul)
     previous_precision = precision_api.get_precision()
-    set_run_precision(args.precision, device, say)
+    notes = []   # printed after the run directory, which stays the first line of a run's output
+    set_run_precision(args.precision, device, say=lambda msg, **_: notes.append(msg))
     ctx.start(device, args.dist_timeout)
     try:
-        return _train(args, cfg, spec, resume, argv, device, ctx, say)
+        return _train(args, cfg, spec, resume, argv, device, ctx, say, notes)
     finally:
         ctx.stop()
         precision_api.set_precision(previous_precision)   # a run's setting ends with it (in-process callers)
 
 
-def _train(args, cfg, spec, resume, argv, device, ctx: DistContext, say) -> Path:
+def _train(args, cfg, spec, resume, argv, device, ctx: DistContext, say, notes=()) -> Path:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
@@ -529,6 +536,8 @@ def _train(args, cfg, spec, resume, argv, device, ctx: DistContext, say) -> Path
             "seed": args.seed}, keep=args.keep_checkpoints)
 
     say(f"[mac] run directory: {run_dir}", flush=True)
+    for note in notes:
+        say(note, flush=True)
     if start_step >= args.offline_steps:
         say(f"[mac] the run is at step {start_step}, --offline_steps is {args.offline_steps}: nothing "
             "to train (pass a larger --offline_steps to continue)", flush=True)
