@@ -64,8 +64,8 @@ budget_steps() {
   local recipe=$1 file="$OUT/budget-$1.json" cal="$OUT/calibrate/$1"
   if [ ! -s "$file" ]; then
     echo "== calibrating $recipe: $CAL_STEPS steps ($(date '+%F %T'), load: $(load))" >&2
-    train_to "$cal" "$CAL_STEPS" $(run_flags "$recipe") --eval_interval 0 --save_interval "$CAL_STEPS" \
-        --log_interval $(( CAL_STEPS / 4 )) >&2
+    train_to "$cal" "$CAL_STEPS" $(run_flags "$recipe") --eval_interval 0 --eval_episodes 1 \
+        --save_interval "$CAL_STEPS" --log_interval $(( CAL_STEPS / 4 )) >&2    # (the last step is always evaluated)
     python - "$cal/train.csv" "$BUDGET_S" "$EVAL_INTERVAL" "$(load)" > "$file.tmp" <<'PY'
 import csv, json, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
