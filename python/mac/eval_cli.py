@@ -27,7 +27,7 @@ def main(argv) -> int:
     p.add_argument("--num_samples", type=int, default=None,
                    help="best-of-N at evaluation (default: the config's, or the policy file's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="auto", choices=precision_api.PRECISIONS,
+    p.add_argument("--precision", default=precision_api.CLI_DEFAULT, choices=precision_api.PRECISIONS,
                    help="best-of-N arithmetic: fp32, or bf16 operands with float32 accumulation "
                         "(AVX512-BF16 CPUs); auto (default): bf16 only where it is measured not to hurt (mac.precision)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

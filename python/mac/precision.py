@@ -32,7 +32,8 @@ import torch
 
 PRECISIONS = ("fp32", "bf16", "auto")
 AUTO_BF16_UNITS: tuple[str, ...] = ("AVX512-BF16",)   # units where the learning check showed bf16 does not hurt
-_default = "fp32"
+_default = "fp32"      # the rollout API's process default
+CLI_DEFAULT = "auto"   # mac train / mac eval --precision: the fastest precision known to be safe here
 
 
 def set_precision(precision: str) -> None:
@@ -107,12 +108,12 @@ def matrix_unit(device="cpu") -> str:
     device = torch.device(device)
     unit = bf16_unit(device)
     if device.type == "cuda":
-        return (f"{unit}: TF32 by default, bf16 with --precision bf16" if unit else
+        return (f"{unit}: TF32 or fp32 (--cuda_matmul), bf16 with --precision bf16" if unit else
                 "CUDA cores (no bf16 tensor cores before sm_80)")
     from mac import _native
     isa = _native.cpu_ext.build_info().get("cpu_isa") if _native.cpu_ext is not None else "torch only"
     fp32 = f"float32 FMA ({isa})"
-    return f"{fp32}; bf16: {unit} with --precision bf16" if unit else f"{fp32}; no bf16 unit"
+    return f"{fp32}; bf16: {unit}" if unit else f"{fp32}; no bf16 unit"
 
 
 def resolve(precision: str | None, device) -> str:
@@ -142,8 +143,9 @@ def autocast(precision: str, device):
 
 
 def describe() -> dict:
-    """For ``mac info``: the default, what auto resolves to here and the units."""
-    out = {"default": get_precision(), "cpu_matrix_unit": matrix_unit("cpu"),
+    """For ``mac info``: the defaults, what auto resolves to here and the units."""
+    out = {"mac_train_and_eval_default": CLI_DEFAULT, "rollout_api_default": get_precision(),
+           "cpu_matrix_unit": matrix_unit("cpu"),
            "auto_on_cpu": resolve("auto", "cpu"),
            "auto_bf16_units": list(AUTO_BF16_UNITS) or "none (no learning check has passed)"}
     if torch.cuda.is_available():

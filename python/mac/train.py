@@ -61,7 +61,7 @@ DEFAULT_DATASET_DIR = "~/.ogbench/data"
 DEFAULT_OFFLINE_STEPS = 8000
 DEFAULT_EVAL_INTERVAL = 1000
 DEFAULT_EVAL_EPISODES = 50
-DEFAULT_PRECISION = "auto"
+DEFAULT_PRECISION = precision_api.CLI_DEFAULT
 EVAL_SEED_OFFSET = 10_000
 # On --restore_path these never come from the run's flags.json: they choose the run (restore_path)
 # or only name a new one (run_name, save_dir), or are about this terminal (no_progress).
