@@ -86,6 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 CPU_DEFAULTS = {"repeats": 3, "train_step": "cpu", "train_repeats": 7}
 
 
+def default_train_step(device: str, quick: bool = False) -> str:
+    """The preset whose training step ``mac bench`` times when --train-step is not given."""
+    return "paper" if device == "cuda" and not quick else "cpu"
+
+
 def fill_defaults(args: argparse.Namespace, defaults: dict) -> argparse.Namespace:
     """Set the options left unset (None or absent) to ``defaults``: their defaults depend on --device."""
     for name, value in defaults.items():

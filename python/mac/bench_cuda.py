@@ -337,10 +337,10 @@ def add_cuda_arguments(parser) -> None:
 
 def options_from_args(args) -> BenchOptions:
     """BenchOptions from the parsed CLI (attributes missing from ``args`` keep their defaults)."""
-    from mac.bench import fill_defaults
+    from mac.bench import default_train_step, fill_defaults
     opt = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)  # noqa: E731
     quick = bool(opt("quick", False))
-    fill_defaults(args, dict(CUDA_DEFAULTS, train_step="cpu" if quick else "paper"))
+    fill_defaults(args, dict(CUDA_DEFAULTS, train_step=default_train_step("cuda", quick)))
     return BenchOptions(
         device=opt("cuda_device", "cuda"),
         precisions=_comma_list(opt("cuda_precision", "tf32,bf16"), PRECISIONS),

@@ -104,7 +104,7 @@ def _bench(argv) -> int:
     args = p.parse_args(argv)
     args.agent_flags = [f"--agent.{key}={value}" for key, value in agent_settings]
     if args.agent_flags:   # check their values now, not after minutes of rollout timings
-        train_step = args.train_step or ("paper" if args.device == "cuda" and not args.quick else "cpu")
+        train_step = args.train_step or bench.default_train_step(args.device, args.quick)
         if train_step == "none":
             p.error(f"{' '.join(args.agent_flags)} set the timed training step, but --train-step none "
                     "times none; drop them or choose --train-step cpu|paper")
